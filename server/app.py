@@ -1,0 +1,53 @@
+"""The FastAPI application: routes, error handlers, and the model loaded in the background.
+
+The port opens at once and /health answers 503 until the model is ready, so orchestrators can tell "starting"
+from "dead".
+"""
+
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from server.engine.engine import Engine
+from server.engine.errors import ModelLoadError
+from server.engine.loader import load, served_name
+from server.errors import install_error_handlers
+from server.routes import completions, health, models
+from server.settings import Settings
+from server.state import ServerState
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, on_load_failure: Callable[[str], None] | None = None) -> FastAPI:
+    state = ServerState(settings=settings, model_name=served_name(settings))
+
+    def load_engine() -> None:
+        try:
+            engine = Engine(load(settings), max_running=settings.max_running)
+        except ModelLoadError as error:
+            log.error("%s", error)
+            if on_load_failure is not None:
+                on_load_failure(str(error))
+            return
+        engine.start()
+        state.engine = engine
+        log.info("serving %s", state.model_name)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # A daemon thread, so that stopping during a slow first load does not wait for it.
+        threading.Thread(target=load_engine, name="model-loader", daemon=True).start()
+        yield
+        if state.engine is not None:
+            state.engine.shutdown()
+
+    app = FastAPI(title="rpserve", summary="OpenAI-compatible server for roleplay models", lifespan=lifespan)
+    app.state.server = state
+    install_error_handlers(app)
+    for module in (health, models, completions):
+        app.include_router(module.router)
+    return app

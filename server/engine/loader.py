@@ -1,0 +1,148 @@
+"""Loads the base model, applies the LoRA adapter, and picks the device and dtype."""
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from server.engine import default_model
+from server.engine.errors import ModelLoadError
+from server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    name: str
+    device: torch.device
+    dtype: torch.dtype
+    context_length: int
+    vocab_size: int
+    bos_id: int | None
+    eos_ids: frozenset[int]
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError as error:
+        raise ModelLoadError(f"unknown device '{requested}': use auto, cpu, cuda or cuda:N") from error
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelLoadError(f"--device {requested} was requested but no CUDA GPU is available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ModelLoadError(f"--device {requested}: only {torch.cuda.device_count()} CUDA GPU(s) present")
+    return device
+
+
+def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
+    if requested == "auto":
+        # This CPU class has no native bf16: float32 is several times faster there.
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return _DTYPES[requested]
+
+
+def base_model_source(settings: Settings) -> str:
+    """The base model's folder or hub id; the embedded model's converted folder when none is configured."""
+    if settings.model is None:
+        return str(default_model.embedded_model_folder(settings.cache_dir))
+    return _local_or_hub(settings.model, "model")
+
+
+def served_name(settings: Settings) -> str:
+    if settings.served_model_name:
+        return settings.served_model_name
+    source = settings.adapter or settings.model
+    return Path(source.rstrip("/")).name if source else default_model.NAME
+
+
+def load(settings: Settings) -> LoadedModel:
+    started = time.monotonic()
+    device = resolve_device(settings.device)
+    dtype = resolve_dtype(settings.dtype, device)
+    adapter = _local_or_hub(settings.adapter, "adapter") if settings.adapter else None
+    source = base_model_source(settings)
+    log.info("loading base model %s on %s (%s)", source, device, str(dtype).removeprefix("torch."))
+    tokenizer = _load_or_explain(lambda: AutoTokenizer.from_pretrained(source), f"model '{source}'")
+    model = _load_or_explain(lambda: AutoModelForCausalLM.from_pretrained(source, dtype=dtype), f"model '{source}'")
+    if adapter:
+        model = _apply_adapter(model, adapter, merge=settings.merge, base=source)
+    model = model.to(device).eval()
+    config = model.config
+    log.info("model ready in %.1f s", time.monotonic() - started)
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        name=served_name(settings),
+        device=device,
+        dtype=dtype,
+        context_length=config.max_position_embeddings,
+        vocab_size=model.get_output_embeddings().weight.shape[0],
+        bos_id=tokenizer.bos_token_id,
+        eos_ids=_eos_ids(model, tokenizer),
+    )
+
+
+def _apply_adapter(model: PreTrainedModel, adapter: str, *, merge: bool, base: str) -> PreTrainedModel:
+    from peft import PeftModel
+
+    log.info("applying LoRA adapter %s", adapter)
+    try:
+        model = PeftModel.from_pretrained(model, adapter)
+    except RuntimeError as error:
+        mismatch = next((line.strip() for line in str(error).splitlines() if "size mismatch" in line), None)
+        if mismatch is None:
+            raise ModelLoadError(f"cannot apply adapter '{adapter}': {_first_line(error)}") from error
+        raise ModelLoadError(
+            f"adapter '{adapter}' was made for another base model than '{base}' ({mismatch})"
+        ) from error
+    except (OSError, ValueError, KeyError) as error:
+        raise ModelLoadError(f"cannot load adapter '{adapter}': {_first_line(error)}") from error
+    if merge:
+        log.info("merging the adapter into the weights")
+        return model.merge_and_unload()
+    return model
+
+
+def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), model.config, tokenizer):
+        value = getattr(source, "eos_token_id", None)
+        ids.update(value if isinstance(value, list) else [] if value is None else [value])
+    return frozenset(ids)
+
+
+def _local_or_hub(source: str, what: str) -> str:
+    """A source written as a path must be an existing folder; anything else is taken for a hub id."""
+    path = Path(source).expanduser()
+    if not (source.startswith(("/", "./", "../", "~")) or path.exists()):
+        return source
+    if not path.is_dir():
+        raise ModelLoadError(f"{what} folder '{source}' does not exist or is not a folder")
+    return str(path)
+
+
+def _load_or_explain(load_fn: Callable[[], T], what: str) -> T:
+    try:
+        return load_fn()
+    except (OSError, ValueError, KeyError) as error:
+        raise ModelLoadError(f"cannot load {what}: {_first_line(error)}") from error
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]

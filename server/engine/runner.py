@@ -1,0 +1,39 @@
+"""Runs the model forward passes: prefill of a prompt and one decode step for many sequences.
+
+Each sequence owns a KV cache. The decode interface takes all running sequences at once so a batched forward
+can replace the per-sequence loop without changing the caller.
+"""
+
+from collections.abc import Sequence
+
+import torch
+from transformers import DynamicCache, PreTrainedModel
+
+
+class ModelRunner:
+    def __init__(self, model: PreTrainedModel, device: torch.device) -> None:
+        self._model = model
+        self._device = device
+        self._caches: dict[str, DynamicCache] = {}
+
+    @property
+    def cached_sequences(self) -> int:
+        return len(self._caches)
+
+    def prefill(self, sequence_id: str, token_ids: Sequence[int]) -> torch.Tensor:
+        """Runs the whole prompt, keeps its KV cache, and returns the next-token logits (vocab,)."""
+        cache = DynamicCache(config=self._model.config)
+        self._caches[sequence_id] = cache
+        return self._forward(token_ids, cache)[0]
+
+    def decode(self, steps: Sequence[tuple[str, int]]) -> torch.Tensor:
+        """Feeds each (sequence id, last token) pair and returns their next-token logits, one row each."""
+        return torch.cat([self._forward([token], self._caches[sequence_id]) for sequence_id, token in steps])
+
+    def release(self, sequence_id: str) -> None:
+        self._caches.pop(sequence_id, None)
+
+    def _forward(self, token_ids: Sequence[int], cache: DynamicCache) -> torch.Tensor:
+        input_ids = torch.tensor([list(token_ids)], device=self._device)
+        output = self._model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1)
+        return output.logits[:, -1, :]

@@ -1,0 +1,48 @@
+"""The engine thread's state for one running request."""
+
+import secrets
+from dataclasses import dataclass, field
+
+import torch
+
+from server.engine.detokenizer import IncrementalDetokenizer
+from server.engine.handle import GenerationHandle
+from server.engine.request import FinishReason, GenerationOutput, GenerationRequest
+from server.engine.stops import StopMatcher
+
+
+@dataclass(eq=False)  # identity, not field equality: each running request is one object
+class Sequence:
+    request: GenerationRequest
+    handle: GenerationHandle
+    detokenizer: IncrementalDetokenizer
+    generator: torch.Generator
+    stops: StopMatcher = field(init=False)
+    output_ids: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.stops = StopMatcher(self.request.stop_strings)
+
+    @property
+    def id(self) -> str:
+        return self.request.request_id
+
+    @property
+    def last_token(self) -> int:
+        return self.output_ids[-1]
+
+    def output(
+        self, text: str, finish_reason: FinishReason | None = None, error: str | None = None
+    ) -> GenerationOutput:
+        return GenerationOutput(
+            text=text,
+            prompt_tokens=len(self.request.prompt_ids),
+            completion_tokens=len(self.output_ids),
+            finish_reason=finish_reason,
+            error=error,
+        )
+
+
+def seeded_generator(seed: int | None, device: torch.device) -> torch.Generator:
+    """A request's own random stream: the same seed gives the same draws on the same device."""
+    return torch.Generator(device=device).manual_seed(secrets.randbits(63) if seed is None else seed)

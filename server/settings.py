@@ -1,0 +1,56 @@
+"""The one settings object: every option comes from a command-line flag or an RPSERVE_* environment variable."""
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from prompting import STOP_STRING
+
+ENV_PREFIX = "RPSERVE_"
+
+
+def default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "rpserve"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        cli_kebab_case=True,
+        cli_implicit_flags=True,
+        cli_prog_name="rpserve",
+        frozen=True,
+    )
+
+    model: str | None = Field(
+        None,
+        description="Base model: a Hugging Face id or a local folder. Unset: the embedded SmolLM2-135M-Instruct.",
+    )
+    adapter: str | None = Field(None, description="LoRA adapter (Hugging Face id or local folder), applied with peft.")
+    merge: bool = Field(True, description="Merge the adapter into the weights; --no-merge keeps it separate.")
+    device: str = Field("auto", description="auto (CUDA when present, else CPU), cpu, cuda or cuda:N.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: bfloat16 on CUDA, float32 on CPU."
+    )
+    served_model_name: str | None = Field(
+        None, description="Model id shown by /v1/models. Unset: derived from the adapter, else the base model."
+    )
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(8000, ge=0, le=65535, description="Port to listen on (0 picks a free one).")
+    cache_dir: Path = Field(
+        default_factory=default_cache_dir, description="Where the embedded model's converted HF folder is kept."
+    )
+    stop_strings: list[str] = Field(
+        [STOP_STRING], description="Stop strings always applied for this model family, merged with each request's."
+    )
+    max_running: int = Field(8, ge=1, description="Requests generating at once; the rest wait in the queue.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log verbosity.")
+
+    @field_validator("stop_strings")
+    @classmethod
+    def _no_empty_stop(cls, stops: list[str]) -> list[str]:
+        if any(stop == "" for stop in stops):
+            raise ValueError("stop strings must not be empty")
+        return stops
