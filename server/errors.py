@@ -39,13 +39,25 @@ def error_body(message: str, *, type: str, param: str | None = None, code: str |
 def validation_message(error: RequestValidationError) -> tuple[str, str | None]:
     """One plain sentence for the first problem pydantic found, and the field it concerns."""
     first = error.errors()[0]
-    location = [str(part) for part in first.get("loc", ()) if part != "body"]
     if first.get("type") == "json_invalid":
         return "The request body is not valid JSON.", None
-    param = ".".join(location) or None
+    param = _param_name([part for part in first.get("loc", ()) if part != "body"])
     if param is None:
         return f"Invalid request body: {first.get('msg')}.", None
     return f"Invalid value for '{param}': {first.get('msg')}.", param
+
+
+def _param_name(location: list[str | int]) -> str | None:
+    """`messages[2]` style: the top-level field and the list indices right after it. Deeper string parts are
+    pydantic's names for union members (`str`, `list[str]`), not fields a client wrote."""
+    if not location:
+        return None
+    name = str(location[0])
+    for part in location[1:]:
+        if not isinstance(part, int):
+            break
+        name += f"[{part}]"
+    return name
 
 
 def install_error_handlers(app: FastAPI) -> None:

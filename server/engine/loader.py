@@ -60,7 +60,7 @@ def base_model_source(settings: Settings) -> str:
     """The base model's folder or hub id; the embedded model's converted folder when none is configured."""
     if settings.model is None:
         return str(default_model.embedded_model_folder(settings.cache_dir))
-    return _local_or_hub(settings.model, "model")
+    return _local_or_hub(settings.model, "model", "config.json")
 
 
 def served_name(settings: Settings) -> str:
@@ -74,7 +74,7 @@ def load(settings: Settings) -> LoadedModel:
     started = time.monotonic()
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
-    adapter = _local_or_hub(settings.adapter, "adapter") if settings.adapter else None
+    adapter = _local_or_hub(settings.adapter, "adapter", "adapter_config.json") if settings.adapter else None
     source = base_model_source(settings)
     log.info("loading base model %s on %s (%s)", source, device, str(dtype).removeprefix("torch."))
     tokenizer = _load_or_explain(lambda: AutoTokenizer.from_pretrained(source), f"model '{source}'")
@@ -126,13 +126,16 @@ def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> froz
     return frozenset(ids)
 
 
-def _local_or_hub(source: str, what: str) -> str:
-    """A source written as a path must be an existing folder; anything else is taken for a hub id."""
+def _local_or_hub(source: str, what: str, marker: str) -> str:
+    """A source written as a path must be an existing folder holding `marker`; anything else is taken for a hub
+    id."""
     path = Path(source).expanduser()
     if not (source.startswith(("/", "./", "../", "~")) or path.exists()):
         return source
     if not path.is_dir():
         raise ModelLoadError(f"{what} folder '{source}' does not exist or is not a folder")
+    if not (path / marker).is_file():
+        raise ModelLoadError(f"{what} folder '{source}' has no {marker}")
     return str(path)
 
 

@@ -1,0 +1,65 @@
+"""A real server process on a free loopback port, as users start it (`python -m server ...`)."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class ServerProcess:
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.url = f"http://127.0.0.1:{free_port()}"
+        self.log = tempfile.NamedTemporaryFile(prefix="rpserve-", suffix=".log", delete=False)  # noqa: SIM115
+        self.health_statuses: list[int] = []
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "server", "--port", self.url.rsplit(":", 1)[1], *args],
+            cwd=ROOT,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+
+    def wait_ready(self, timeout: float = 300) -> "ServerProcess":
+        """Polls /health from the moment the process starts, recording every status it answers."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.output()[-3000:]}")
+            try:
+                status = httpx.get(f"{self.url}/health", timeout=2).status_code
+            except httpx.TransportError:
+                time.sleep(0.02)
+                continue
+            self.health_statuses.append(status)
+            if status == 200:
+                return self
+            time.sleep(0.02)
+        raise TimeoutError(f"server not ready after {timeout} s:\n{self.output()[-3000:]}")
+
+    def health(self) -> dict:
+        return httpx.get(f"{self.url}/health", timeout=5).json()
+
+    def output(self) -> str:
+        return Path(self.log.name).read_text(errors="replace")
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()

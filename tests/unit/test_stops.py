@@ -1,0 +1,60 @@
+import pytest
+
+from server.engine.stops import StopMatcher, StopScan, scan_for_stops
+
+
+def feed(pieces: list[str], stops: list[str]) -> tuple[list[str], bool]:
+    """What a client receives, piece by piece, and whether a stop matched."""
+    matcher = StopMatcher(stops)
+    released = []
+    for piece in pieces:
+        scan = matcher.push(piece)
+        released.append(scan.release)
+        if scan.stopped:
+            return released, True
+    released.append(matcher.flush())
+    return released, False
+
+
+def test_text_without_stop_prefix_is_released_at_once():
+    assert scan_for_stops("Hello there", ["::::"]) == StopScan(release="Hello there", held="", stopped=False)
+
+
+def test_stop_inside_one_piece_cuts_before_it():
+    assert scan_for_stops('"Hi."\n\n::::user:', ["::::"]) == StopScan(release='"Hi."\n\n', held="", stopped=True)
+
+
+def test_stop_split_across_pieces_never_leaks():
+    assert feed(["Well", ":", ":", "::", "user"], ["::::"]) == (["Well", "", "", ""], True)
+
+
+def test_partial_match_released_once_it_cannot_be_a_stop():
+    assert feed(["Ratio 3", ":", ":", "1 done"], ["::::"]) == (["Ratio 3", "", "", "::1 done", ""], False)
+
+
+def test_stop_at_the_very_end_of_a_piece():
+    assert feed(["He said", " END"], [" END"]) == (["He said", ""], True)
+
+
+def test_held_prefix_is_released_when_generation_ends_otherwise():
+    assert feed(["and then::"], ["::::"]) == (["and then", "::"], False)
+
+
+def test_overlapping_stops_cut_at_the_earliest_start():
+    assert scan_for_stops("abcdef", ["cdef", "bc"]).release == "a"
+    assert feed(["xx a", "b", "cd"], ["abcd", "bc"]) == (["xx ", "", ""], True)
+    assert feed(["xx a", "b", "cX"], ["abcd", "bc"]) == (["xx ", "", "a"], True)
+
+
+def test_longest_possible_prefix_is_held():
+    # "aab" could still become "aabx"; the tail "ab" alone is a prefix of "abz" too: hold the longer one.
+    assert scan_for_stops("q aab", ["aabx", "abz"]) == StopScan(release="q ", held="aab", stopped=False)
+
+
+def test_stop_made_of_one_multibyte_character():
+    assert feed(["caf", "é au lait"], ["é"]) == (["caf", ""], True)
+
+
+@pytest.mark.parametrize("stops", [[], [""]])
+def test_no_stops_releases_everything(stops):
+    assert feed(["a:", ":"], stops) == (["a:", ":", ""], False)
