@@ -43,7 +43,7 @@ def validation_message(error: RequestValidationError) -> tuple[str, str | None]:
         return "The request body is not valid JSON.", None
     param = _param_name([part for part in first.get("loc", ()) if part != "body"])
     if param is None:
-        return f"Invalid request body: {first.get('msg')}.", None
+        return "The request body must be a JSON object.", None
     return f"Invalid value for '{param}': {first.get('msg')}.", param
 
 
