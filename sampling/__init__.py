@@ -1,6 +1,7 @@
 """Per-request sampling parameters and the batched sampling chain (torch only)."""
 
-from sampling.chain import probabilities, sample_next_tokens
+from sampling.order import DEFAULT_ORDER, UnknownSamplerError
 from sampling.params import SamplingParams, SamplingParamsError
+from sampling.sampler import Sampler, probabilities
 
-__all__ = ["SamplingParams", "SamplingParamsError", "probabilities", "sample_next_tokens"]
+__all__ = ["DEFAULT_ORDER", "Sampler", "SamplingParams", "SamplingParamsError", "UnknownSamplerError", "probabilities"]

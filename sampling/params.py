@@ -3,6 +3,12 @@
 import math
 from dataclasses import dataclass, field
 
+from sampling.order import DEFAULT_ORDER
+
+CARD_SEQUENCE_BREAKERS: tuple[str, ...] = ("\n", ":", '"', "*", "::::")
+MAX_SEQUENCE_BREAKERS = 32
+MAX_SEQUENCE_BREAKER_LENGTH = 64
+
 
 class SamplingParamsError(ValueError):
     """A sampling value a client sent is out of range; `param` names the field."""
@@ -14,27 +20,74 @@ class SamplingParamsError(ValueError):
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """The sampling chain's settings for one request. Defaults are the Herrsimian model card's."""
+    """The sampling chain's settings for one request. Defaults are the Herrsimian model card's: temperature 1.0,
+    min-p 0.05, DRY 0.8 / 1.75 / 2 with `::::` among the breakers, every other sampler neutral."""
 
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
     min_p: float = 0.05
-    seed: int | None = None
+    repetition_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    penalty_range: int = 0  # last N tokens the three penalties look at; 0 or -1: the whole context
+    dry_multiplier: float = 0.8
+    dry_base: float = 1.75
+    dry_allowed_length: int = 2
+    dry_penalty_last_n: int = 0  # 0 or -1: the whole context
+    dry_sequence_breakers: tuple[str, ...] = CARD_SEQUENCE_BREAKERS
     logit_bias: dict[int, float] = field(default_factory=dict)
+    banned_token_ids: frozenset[int] = frozenset()
+    min_tokens: int = 0
+    ignore_eos: bool = False
+    seed: int | None = None
+    order: tuple[str, ...] = DEFAULT_ORDER
 
     def __post_init__(self) -> None:
         _require(self.temperature >= 0 and math.isfinite(self.temperature), "temperature", "must be >= 0")
         _require(self.top_k >= -1, "top_k", "must be >= -1 (0 and -1 turn it off)")
         _require(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
         _require(0 <= self.min_p <= 1, "min_p", "must be in [0, 1]")
+        _require(0 < self.repetition_penalty <= 10, "repetition_penalty", "must be in (0, 10]")
+        _require(-2 <= self.frequency_penalty <= 2, "frequency_penalty", "must be in [-2, 2]")
+        _require(-2 <= self.presence_penalty <= 2, "presence_penalty", "must be in [-2, 2]")
+        _require(self.penalty_range >= -1, "penalty_range", "must be >= -1 (0 and -1 mean the whole context)")
+        _require(self.dry_multiplier >= 0 and math.isfinite(self.dry_multiplier), "dry_multiplier", "must be >= 0")
+        _require(self.dry_base >= 1 and math.isfinite(self.dry_base), "dry_base", "must be >= 1")
+        _require(self.dry_allowed_length >= 1, "dry_allowed_length", "must be >= 1")
+        _require(self.dry_penalty_last_n >= -1, "dry_penalty_last_n", "must be >= -1 (0 and -1: whole context)")
+        _require(
+            len(self.dry_sequence_breakers) <= MAX_SEQUENCE_BREAKERS,
+            "dry_sequence_breakers",
+            f"may hold at most {MAX_SEQUENCE_BREAKERS} strings",
+        )
+        _require(
+            all(0 < len(b) <= MAX_SEQUENCE_BREAKER_LENGTH for b in self.dry_sequence_breakers),
+            "dry_sequence_breakers",
+            f"must be non-empty strings of at most {MAX_SEQUENCE_BREAKER_LENGTH} characters",
+        )
+        _require(self.min_tokens >= 0, "min_tokens", "must be >= 0")
+        _require(sorted(self.order) == sorted(DEFAULT_ORDER), "order", f"must be a permutation of {DEFAULT_ORDER}")
         for token_id, bias in self.logit_bias.items():
             _require(token_id >= 0, "logit_bias", f"token id {token_id} is negative")
             _require(-100 <= bias <= 100, "logit_bias", f"bias {bias} for token {token_id} is outside [-100, 100]")
+        _require(all(t >= 0 for t in self.banned_token_ids), "banned_token_ids", "token ids must be >= 0")
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
+
+    @property
+    def uses_dry(self) -> bool:
+        return self.dry_multiplier > 0
+
+    @property
+    def uses_penalties(self) -> bool:
+        return self.repetition_penalty != 1 or self.frequency_penalty != 0 or self.presence_penalty != 0
+
+    def token_ids(self) -> set[int]:
+        """Every token id the request names (bias and bans), to check against the vocabulary."""
+        return set(self.logit_bias) | set(self.banned_token_ids)
 
 
 def _require(condition: bool, param: str, message: str) -> None:

@@ -16,6 +16,7 @@ from server.engine.errors import ModelLoadError
 from server.engine.loader import load, served_name
 from server.errors import install_error_handlers
 from server.routes import completions, health, models
+from server.sampling_defaults import sampling_defaults
 from server.settings import Settings
 from server.state import ServerState
 
@@ -23,7 +24,10 @@ log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings, on_load_failure: Callable[[str], None] | None = None) -> FastAPI:
-    state = ServerState(settings=settings, model_name=served_name(settings))
+    """Raises PresetError for an unusable sampling preset file."""
+    state = ServerState(
+        settings=settings, model_name=served_name(settings), sampling_defaults=sampling_defaults(settings)
+    )
 
     def load_engine() -> None:
         try:

@@ -9,6 +9,7 @@ from pydantic import ValidationError
 from server.app import create_app
 from server.engine.errors import ModelLoadError
 from server.engine.loader import resolve_device
+from server.sampling_defaults import PresetError
 from server.settings import Settings
 
 
@@ -33,7 +34,11 @@ def main(argv: list[str] | None = None) -> int:
         failures.append(message)
         server.should_exit = True
 
-    app = create_app(settings, on_load_failure=stop_on_load_failure)
+    try:
+        app = create_app(settings, on_load_failure=stop_on_load_failure)
+    except PresetError as error:
+        print(f"rpserve: error: {error}", file=sys.stderr)
+        return 2
     server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level))
     server.run()
     if failures:

@@ -45,6 +45,13 @@ class Settings(BaseSettings):
     stop_strings: list[str] = Field(
         [STOP_STRING], description="Stop strings always applied for this model family, merged with each request's."
     )
+    sampling_preset: Path | None = Field(
+        None,
+        description="JSON file of sampler defaults (any client's field names) replacing the model card's.",
+    )
+    dry_breakers_always: list[str] = Field(
+        [STOP_STRING], description="DRY sequence breakers added to every request's list."
+    )
     max_running: int = Field(8, ge=1, description="Requests generating at once; the rest wait in the queue.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log verbosity.")
 

@@ -4,6 +4,7 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
+from sampling import SamplingParams
 from server.engine.engine import Engine
 from server.errors import APIError
 from server.settings import Settings
@@ -13,6 +14,7 @@ from server.settings import Settings
 class ServerState:
     settings: Settings
     model_name: str
+    sampling_defaults: SamplingParams
     engine: Engine | None = None
 
 

@@ -59,6 +59,11 @@ def _sentencepiece_bytes(piece: str) -> bytes:
     return bytes([int(byte.group(1), 16)]) if byte else piece.replace("▁", " ").encode()
 
 
+def token_texts(table: Sequence[bytes], special_ids: frozenset[int]) -> list[str]:
+    """Each token's own text, as DRY's breaker analysis reads it; special tokens have none."""
+    return ["" if i in special_ids else piece.decode("utf-8", errors="replace") for i, piece in enumerate(table)]
+
+
 class IncrementalDetokenizer:
     """Turns token ids into text one token at a time; `skip_ids` (special tokens) produce no text."""
 

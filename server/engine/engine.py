@@ -14,13 +14,13 @@ from dataclasses import dataclass
 
 import torch
 
-from sampling import sample_next_tokens
-from server.engine.detokenizer import IncrementalDetokenizer, token_bytes_table
+from sampling import Sampler, SamplingParams
+from server.engine.detokenizer import IncrementalDetokenizer, token_bytes_table, token_texts
 from server.engine.handle import GenerationHandle
 from server.engine.loader import LoadedModel
 from server.engine.request import FinishReason, GenerationRequest
 from server.engine.runner import ModelRunner
-from server.engine.sequence import Sequence, seeded_generator
+from server.engine.sequence import Sequence
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,15 @@ class Engine:
         self._runner = ModelRunner(loaded.model, loaded.device)
         self._token_bytes = token_bytes_table(loaded.tokenizer, loaded.vocab_size)
         self._special_ids = frozenset(loaded.tokenizer.all_special_ids)
+        self._sampler = Sampler(
+            rows=max_running,
+            capacity=loaded.context_length,
+            vocab=token_texts(self._token_bytes, self._special_ids),
+            tokenize=lambda text: loaded.tokenizer.encode(text, add_special_tokens=False),
+            eos_ids=loaded.eos_ids,
+            device=loaded.device,
+        )
+        self._sampler.prepare_breakers(SamplingParams().dry_sequence_breakers)
         self._commands: queue.Queue[_Add | _Abort | _Shutdown] = queue.Queue()
         self._waiting: deque[Sequence] = deque()
         self._running: list[Sequence] = []
@@ -77,7 +86,6 @@ class Engine:
             request=request,
             handle=handle,
             detokenizer=IncrementalDetokenizer(self._token_bytes, self._special_ids),
-            generator=seeded_generator(request.params.seed, self.model.device),
         )
         self._commands.put(_Add(sequence))
         return handle
@@ -118,16 +126,16 @@ class Engine:
         decoding = list(self._running)
         admitted = []
         while self._waiting and len(self._running) < self._max_running:
-            admitted.append(self._waiting.popleft())
-            self._running.append(admitted[-1])
-        rows = []
+            sequence = self._waiting.popleft()
+            self._running.append(sequence)
+            sequence.row = self._sampler.add(sequence.request.prompt_ids, sequence.request.params)
+            admitted.append(sequence)
+        logits = []
         if decoding:
-            rows.append(self._runner.decode([(s.id, s.last_token) for s in decoding]))
-        rows.extend(self._runner.prefill(s.id, s.request.prompt_ids).unsqueeze(0) for s in admitted)
+            logits.append(self._runner.decode([(s.id, s.last_token) for s in decoding]))
+        logits.extend(self._runner.prefill(s.id, s.request.prompt_ids).unsqueeze(0) for s in admitted)
         stepped = decoding + admitted
-        tokens = sample_next_tokens(
-            torch.cat(rows), [s.request.params for s in stepped], [s.generator for s in stepped]
-        )
+        tokens = self._sampler.sample(torch.cat(logits), [s.row for s in stepped])
         for sequence, token in zip(stepped, tokens, strict=True):
             self._advance(sequence, token)
         self._update_stats()
@@ -167,6 +175,8 @@ class Engine:
         if sequence in self._waiting:
             self._waiting.remove(sequence)
         self._runner.release(sequence.id)
+        if sequence.row >= 0:
+            self._sampler.remove(sequence.row)
 
     def _update_stats(self) -> None:
         self.stats.running = len(self._running)

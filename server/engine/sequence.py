@@ -1,9 +1,6 @@
 """The engine thread's state for one running request."""
 
-import secrets
 from dataclasses import dataclass, field
-
-import torch
 
 from server.engine.detokenizer import IncrementalDetokenizer
 from server.engine.handle import GenerationHandle
@@ -16,7 +13,7 @@ class Sequence:
     request: GenerationRequest
     handle: GenerationHandle
     detokenizer: IncrementalDetokenizer
-    generator: torch.Generator
+    row: int = -1  # the sampler row, once admitted
     stops: StopMatcher = field(init=False)
     output_ids: list[int] = field(default_factory=list)
 
@@ -41,8 +38,3 @@ class Sequence:
             finish_reason=finish_reason,
             error=error,
         )
-
-
-def seeded_generator(seed: int | None, device: torch.device) -> torch.Generator:
-    """A request's own random stream: the same seed gives the same draws on the same device."""
-    return torch.Generator(device=device).manual_seed(secrets.randbits(63) if seed is None else seed)

@@ -8,17 +8,10 @@ import time
 import uuid
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field
 
-from sampling import SamplingParams, SamplingParamsError
 from server.engine.request import FinishReason
-
-
-def _bias_pairs_to_dict(value: object) -> object:
-    """llama.cpp sends logit_bias as a list of [token id, bias] pairs; OpenAI as an object."""
-    if isinstance(value, list):
-        return {str(pair[0]): pair[1] for pair in value if isinstance(pair, list | tuple) and len(pair) == 2}
-    return value
+from server.protocol.sampling import SamplerFields
 
 
 class StreamOptions(BaseModel):
@@ -26,28 +19,31 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class CompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+def _unlimited_as_unset(value: object) -> object:
+    """llama.cpp's `n_predict: -1` means "no limit"."""
+    return None if value == -1 else value
 
+
+class CompletionRequest(SamplerFields):
     model: str | None = Field(None, description="Accepted and ignored: this server serves one model.")
     prompt: str
-    max_tokens: int | None = Field(None, ge=1, description="Unset: as many as the context allows.")
-    temperature: float | None = Field(None, ge=0)
-    top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=-1)
-    min_p: float | None = Field(None, ge=0, le=1)
-    seed: int | None = Field(None, description="Same seed, prompt and parameters: same text. Negative: random.")
+    max_tokens: Annotated[int | None, BeforeValidator(_unlimited_as_unset)] = Field(
+        None,
+        ge=1,
+        validation_alias=AliasChoices("max_tokens", "max_new_tokens", "n_predict"),
+        description="Unset: as many as the context allows.",
+    )
     stop: str | list[str] | None = None
+    stopping_strings: list[str] | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
-    logit_bias: Annotated[dict[str, float] | None, BeforeValidator(_bias_pairs_to_dict)] = None
     echo: bool | None = False
     n: int | None = Field(1, ge=1)
     add_bos_token: bool | None = Field(True, description="Start the prompt with BOS unless it already does.")
 
     def stop_list(self) -> list[str]:
         stops = [self.stop] if isinstance(self.stop, str) else self.stop or []
-        return [stop for stop in stops if stop]
+        return [stop for stop in dict.fromkeys([*stops, *(self.stopping_strings or [])]) if stop]
 
 
 class CompletionChoice(BaseModel):
@@ -80,26 +76,3 @@ class CompletionResponse(BaseModel):
     model: str
     choices: list[CompletionChoice]
     usage: Usage | None = None
-
-
-def sampling_params(request: CompletionRequest) -> SamplingParams:
-    """The request's sampling settings over the defaults; raises SamplingParamsError naming a bad field."""
-    given = {
-        "temperature": request.temperature,
-        "top_p": request.top_p,
-        "top_k": request.top_k,
-        "min_p": request.min_p,
-        "seed": request.seed if request.seed is None or request.seed >= 0 else None,
-        "logit_bias": _token_bias(request.logit_bias or {}),
-    }
-    return SamplingParams(**{name: value for name, value in given.items() if value is not None})
-
-
-def _token_bias(bias: dict[str, float]) -> dict[int, float]:
-    parsed = {}
-    for key, value in bias.items():
-        try:
-            parsed[int(key)] = value
-        except ValueError as error:
-            raise SamplingParamsError("logit_bias", f"logit_bias key '{key}' is not a token id") from error
-    return parsed

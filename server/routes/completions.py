@@ -17,7 +17,6 @@ from server.protocol.completions import (
     CompletionRequest,
     CompletionResponse,
     Usage,
-    sampling_params,
 )
 from server.routes.delivery import (
     ClientDisconnected,
@@ -26,7 +25,7 @@ from server.routes.delivery import (
     error_event,
     sse_response,
 )
-from server.state import ready_engine, server_state
+from server.state import ServerState, ready_engine, server_state
 
 router = APIRouter()
 
@@ -35,7 +34,7 @@ router = APIRouter()
 async def create_completion(body: CompletionRequest, request: Request) -> Response | CompletionResponse:
     state = server_state(request)
     engine = ready_engine(request)
-    generation = generation_request(body, engine, state.settings.stop_strings)
+    generation = generation_request(body, engine, state)
     handle = engine.submit(generation)
     echo = body.prompt if body.echo else ""
     if body.stream:
@@ -56,18 +55,19 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     )
 
 
-def generation_request(body: CompletionRequest, engine: Engine, server_stops: list[str]) -> GenerationRequest:
+def generation_request(body: CompletionRequest, engine: Engine, state: ServerState) -> GenerationRequest:
     """Validates the request against the model and turns it into the engine's input."""
     if body.n is not None and body.n > 1:
         raise APIError(400, "n > 1 is not supported yet: send one request per sample.", param="n")
     model = engine.model
     try:
-        params = sampling_params(body)
+        params = body.sampling_params(state.sampling_defaults, state.settings.dry_breakers_always)
     except SamplingParamsError as error:
         raise APIError(400, str(error), param=error.param) from error
-    outside = [token for token in params.logit_bias if token >= model.vocab_size]
+    outside = sorted(token for token in params.token_ids() if token >= model.vocab_size)
     if outside:
-        raise APIError(400, f"logit_bias token id {outside[0]} is not in the vocabulary.", param="logit_bias")
+        param = "logit_bias" if outside[0] in params.logit_bias else "custom_token_bans"
+        raise APIError(400, f"{param}: token id {outside[0]} is not in the vocabulary.", param=param)
     prompt_ids = encode_prompt(model.tokenizer, body.prompt, add_bos=body.add_bos_token is not False)
     room = model.context_length - len(prompt_ids)
     if room < 1 or (body.max_tokens is not None and body.max_tokens > room):
@@ -83,7 +83,7 @@ def generation_request(body: CompletionRequest, engine: Engine, server_stops: li
         request_id=f"cmpl-{uuid.uuid4().hex}",
         prompt_ids=tuple(prompt_ids),
         params=params,
-        stop_strings=tuple(dict.fromkeys([*server_stops, *body.stop_list()])),
+        stop_strings=tuple(dict.fromkeys([*state.settings.stop_strings, *body.stop_list()])),
         max_tokens=body.max_tokens or room,
     )
 

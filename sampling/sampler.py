@@ -1,0 +1,242 @@
+"""The sampler: per-row state of every running request and the ordered sampling chain, batched.
+
+Rows are slots: a request takes one when it starts (its prompt becomes the row's history) and gives it back when
+it ends. Each step, `sample` runs the chain over the logits of the rows that advance, draws one token per row
+with the row's own generator, and appends the tokens to the histories. The only host synchronisation is reading
+the drawn ids back.
+
+Chain: logit bias and bans (including EOS while `min_tokens` is not reached, or always with `ignore_eos`), then
+the row's order of penalties, DRY, top-k, top-p, min-p and temperature; temperature 0 takes the arg-max of the
+processed logits.
+"""
+
+import secrets
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from sampling.breakers import BreakerAnalysis, BreakerCache, Tokenize
+from sampling.dry import DryRow, breaker_flags, dry_penalty_matrix, rep_limit
+from sampling.filters import mask_min_p, mask_top_k, mask_top_p
+from sampling.history import TokenHistories
+from sampling.params import SamplingParams
+from sampling.penalties import apply_penalties, token_counts
+
+# Breaker occurrences remembered per row: enough that one still lies inside the DRY window when the newest
+# ones straddle its start.
+_OCCURRENCES_KEPT = 8
+
+
+@dataclass
+class _Row:
+    params: SamplingParams
+    generator: torch.Generator
+    breakers: BreakerAnalysis | None
+    recent: deque[int]  # the last tokens, enough to recognise a multi-token breaker ending now
+    occurrences: deque[tuple[int, int]] = field(default_factory=lambda: deque(maxlen=_OCCURRENCES_KEPT))
+    generated: int = 0
+
+
+class Sampler:
+    def __init__(
+        self,
+        *,
+        rows: int,
+        capacity: int,
+        vocab: Sequence[str],
+        tokenize: Tokenize,
+        eos_ids: Iterable[int] = (),
+        device: torch.device | None = None,
+    ) -> None:
+        self.device = device or torch.device("cpu")
+        self.vocab_size = len(vocab)
+        self._histories = TokenHistories(rows, capacity, self.device)
+        self._breakers = BreakerCache(vocab, tokenize)
+        self._eos_ids = frozenset(eos_ids)
+        self._rows: dict[int, _Row] = {}
+        self._free = list(reversed(range(rows)))
+
+    @property
+    def active_rows(self) -> int:
+        return len(self._rows)
+
+    def prepare_breakers(self, breakers: Sequence[str]) -> None:
+        """Analyses a breaker list ahead of the first request that uses it (it walks the whole vocabulary)."""
+        self._breakers.get(breakers)
+
+    def add(self, history: Sequence[int], params: SamplingParams) -> int:
+        """Starts a row whose history is `history` (the prompt); returns the row."""
+        if not self._free:
+            raise RuntimeError("no free sampler row")
+        breakers = self._breakers.get(params.dry_sequence_breakers) if params.uses_dry else None
+        row = self._free.pop()
+        self._histories.start(row, history, breaker_flags(history, breakers))
+        seed = secrets.randbits(63) if params.seed is None else params.seed
+        state = _Row(
+            params=params,
+            generator=torch.Generator(device=self.device).manual_seed(seed),
+            breakers=breakers,
+            recent=deque(history, maxlen=(breakers.longest_tail if breakers else 0) + 1),
+        )
+        if breakers:
+            state.occurrences.extend(reversed(_last_occurrences(history, breakers, _OCCURRENCES_KEPT)))
+        self._rows[row] = state
+        return row
+
+    def remove(self, row: int) -> None:
+        if self._rows.pop(row, None) is not None:
+            self._free.append(row)
+
+    def sample(self, logits: torch.Tensor, rows: Sequence[int]) -> list[int]:
+        """Draws the next token of each row (one row of `logits` per entry of `rows`) and records it."""
+        processed = self.process(logits, rows)
+        chosen = processed.argmax(dim=-1)
+        drawn = [i for i, row in enumerate(rows) if not self._rows[row].params.greedy]
+        if drawn:
+            probs = torch.softmax(processed[drawn], dim=-1)
+            for position, i in enumerate(drawn):
+                chosen[i] = torch.multinomial(probs[position], 1, generator=self._rows[rows[i]].generator)[0]
+        tokens = chosen.tolist()
+        self._record(rows, chosen, tokens)
+        return tokens
+
+    def process(self, logits: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
+        """The logits after the whole chain, temperature included, for the rows' current histories."""
+        logits = self._bias_and_bans(logits.to(torch.float32, copy=True), rows)
+        groups: dict[tuple[str, ...], list[int]] = {}
+        for i, row in enumerate(rows):
+            groups.setdefault(self._rows[row].params.order, []).append(i)
+        for order, members in groups.items():
+            if len(members) == len(rows):
+                return self._apply_order(logits, rows, order)
+            index = torch.tensor(members, device=logits.device)
+            part = self._apply_order(logits[index], [rows[i] for i in members], order)
+            logits = logits.index_copy(0, index, part)
+        return logits
+
+    def dry_penalties(self, rows: Sequence[int]) -> torch.Tensor | None:
+        """What DRY subtracts from each row's logits now, or None when no row uses DRY."""
+        dry_rows = [self._dry_row(row) for row in rows]
+        if not any(dry_rows):
+            return None
+        active = [(i, r) for i, r in enumerate(dry_rows) if r is not None]
+        matrix = dry_penalty_matrix(self._histories, [r for _, r in active], self.vocab_size)
+        if len(active) == len(rows):
+            return matrix
+        full = torch.zeros(len(rows), self.vocab_size, device=self.device)
+        return full.index_copy(0, torch.tensor([i for i, _ in active], device=self.device), matrix)
+
+    def _apply_order(self, logits: torch.Tensor, rows: Sequence[int], order: Sequence[str]) -> torch.Tensor:
+        params = [self._rows[row].params for row in rows]
+        for step in order:
+            if step == "penalties":
+                logits = self._penalise(logits, rows)
+            elif step == "dry":
+                penalty = self.dry_penalties(rows)
+                logits = logits if penalty is None else logits - penalty
+            elif step == "top_k":
+                logits = mask_top_k(logits, [p.top_k for p in params])
+            elif step == "top_p":
+                logits = mask_top_p(logits, [p.top_p for p in params])
+            elif step == "min_p":
+                logits = mask_min_p(logits, [p.min_p for p in params])
+            elif step == "temperature" and any(p.temperature not in (0, 1) for p in params):
+                temperatures = [p.temperature or 1.0 for p in params]
+                logits = logits / torch.tensor(temperatures, device=logits.device).unsqueeze(1)
+        return logits
+
+    def _penalise(self, logits: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
+        members = [i for i, row in enumerate(rows) if self._rows[row].params.uses_penalties]
+        if not members:
+            return logits
+        params = [self._rows[rows[i]].params for i in members]
+        counts = token_counts(
+            self._histories, [rows[i] for i in members], [p.penalty_range for p in params], self.vocab_size
+        )
+        index = torch.tensor(members, device=logits.device)
+
+        def column(values: list[float]) -> torch.Tensor:
+            return torch.tensor(values, device=logits.device).unsqueeze(1)
+
+        penalised = apply_penalties(
+            logits.index_select(0, index),
+            counts,
+            column([p.repetition_penalty for p in params]),
+            column([p.frequency_penalty for p in params]),
+            column([p.presence_penalty for p in params]),
+        )
+        return logits.index_copy(0, index, penalised)
+
+    def _bias_and_bans(self, logits: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
+        for i, row in enumerate(rows):
+            state = self._rows[row]
+            params = state.params
+            if params.logit_bias:
+                ids = torch.tensor(list(params.logit_bias), device=logits.device)
+                bias = torch.tensor(list(params.logit_bias.values()), device=logits.device)
+                logits[i].index_add_(0, ids, bias)
+            banned = set(params.banned_token_ids)
+            if params.ignore_eos or state.generated < params.min_tokens:
+                banned |= self._eos_ids
+            if banned:
+                logits[i, sorted(banned)] = float("-inf")
+        return logits
+
+    def _dry_row(self, row: int) -> DryRow | None:
+        state = self._rows[row]
+        params = state.params
+        if not params.uses_dry:
+            return None
+        length = self._histories.lengths[row]
+        window = params.dry_penalty_last_n
+        start = max(0, length - window) if window > 0 else 0
+        return DryRow(
+            row=row,
+            multiplier=params.dry_multiplier,
+            base=params.dry_base,
+            allowed_length=params.dry_allowed_length,
+            window_start=start,
+            rep_limit=rep_limit(length, start, state.occurrences),
+        )
+
+    def _record(self, rows: Sequence[int], chosen: torch.Tensor, tokens: Sequence[int]) -> None:
+        flags = []
+        for row, token in zip(rows, tokens, strict=True):
+            state = self._rows[row]
+            state.generated += 1
+            state.recent.append(token)
+            breakers = state.breakers
+            flags.append(bool(breakers) and token in breakers.single)
+            if breakers:
+                head = breakers.occurrence_ending_at(list(state.recent), len(state.recent) - 1)
+                if head is not None:
+                    end = self._histories.lengths[row]  # the position the token is about to take
+                    state.occurrences.append((end - (len(state.recent) - 1 - head), end))
+        self._histories.append(rows, chosen, flags)
+
+
+def _last_occurrences(history: Sequence[int], breakers: BreakerAnalysis, count: int) -> list[tuple[int, int]]:
+    """The last `count` breaker occurrences (head, end) of `history`, newest first."""
+    found = []
+    for end in range(len(history) - 1, -1, -1):
+        head = breakers.occurrence_ending_at(history, end)
+        if head is not None:
+            found.append((head, end))
+            if len(found) == count:
+                break
+    return found
+
+
+def probabilities(
+    logits: torch.Tensor, history: Sequence[int], params: SamplingParams, *, vocab: Sequence[str], tokenize: Tokenize
+) -> torch.Tensor:
+    """The distribution one sequence's next token is drawn from after `history`, through the whole chain; for
+    temperature 0, all the mass on the arg-max."""
+    sampler = Sampler(rows=1, capacity=max(len(history), 1), vocab=vocab, tokenize=tokenize, device=logits.device)
+    row = sampler.add(history, params)
+    processed = sampler.process(logits.reshape(1, -1), [row])[0]
+    if params.greedy:
+        return torch.nn.functional.one_hot(processed.argmax(), processed.numel()).to(torch.float32)
+    return torch.softmax(processed, dim=-1)
