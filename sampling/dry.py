@@ -63,12 +63,14 @@ def dry_penalty_matrix(histories: TokenHistories, rows: Sequence[DryRow], vocab_
     match = torch.minimum(torch.minimum(match, limits), positions - starts + 1)
     match = torch.where(counted & (limits >= allowed), match, 0)
 
-    longest = torch.zeros(len(rows), vocab_size, dtype=torch.long, device=device)
-    longest.scatter_reduce_(1, followers, match, reduce="amax")
-    exponent = (longest - allowed).to(torch.float32)
-    exponent = torch.minimum(exponent, _column([r.max_exponent for r in rows], device))
+    # The penalty grows with the match length, so the largest penalty of a candidate's occurrences is the
+    # penalty of its longest match: compute per position, then keep the maximum per token. This keeps the
+    # vocabulary-wide work to one scatter.
+    exponent = torch.minimum((match - allowed).to(torch.float32), _column([r.max_exponent for r in rows], device))
     penalty = _column([r.multiplier for r in rows], device) * _column([r.base for r in rows], device) ** exponent
-    return torch.where(longest >= allowed, penalty, 0.0)
+    penalty = torch.where(match >= allowed, penalty, 0.0)
+    matrix = torch.zeros(len(rows), vocab_size, dtype=torch.float32, device=device)
+    return matrix.scatter_reduce_(1, followers, penalty, reduce="amax")
 
 
 def _column(values: Sequence[float], device: torch.device) -> torch.Tensor:

@@ -1,5 +1,8 @@
-"""Truncation filters, batched: each masks the tokens it removes with -inf, on one row's own threshold."""
+"""Truncation filters, batched: each masks the tokens it removes with -inf, on one row's own threshold.
 
+They work in place on logits the sampler owns."""
+
+import math
 from collections.abc import Sequence
 
 import torch
@@ -12,7 +15,7 @@ def mask_top_k(logits: torch.Tensor, top_k: Sequence[int]) -> torch.Tensor:
         return logits
     kth = torch.tensor(ks, device=logits.device) - 1
     thresholds = logits.sort(dim=-1, descending=True).values.gather(1, kth.unsqueeze(1))
-    return logits.masked_fill(logits < thresholds, float("-inf"))
+    return logits.masked_fill_(logits < thresholds, float("-inf"))
 
 
 def mask_top_p(logits: torch.Tensor, top_p: Sequence[float]) -> torch.Tensor:
@@ -24,15 +27,14 @@ def mask_top_p(logits: torch.Tensor, top_p: Sequence[float]) -> torch.Tensor:
     limits = torch.tensor(top_p, device=logits.device, dtype=logits.dtype).unsqueeze(1)
     kept = (mass_before < limits).sum(dim=-1, keepdim=True).clamp(min=1)
     thresholds = sorted_probs.gather(1, kept - 1)
-    return logits.masked_fill(probs < thresholds, float("-inf"))
+    return logits.masked_fill_(probs < thresholds, float("-inf"))
 
 
 def mask_min_p(logits: torch.Tensor, min_p: Sequence[float]) -> torch.Tensor:
-    """Keeps token i iff p_i >= min_p * max p; ties are kept and the top token always is."""
+    """Keeps token i iff p_i >= min_p * max p; ties are kept and the top token always is. On logits that is
+    logit_i >= max logit + log(min_p): no softmax needed."""
     if all(p <= 0 for p in min_p):
         return logits
-    probs = torch.softmax(logits, dim=-1)
-    floors = probs.max(dim=-1, keepdim=True).values * torch.tensor(
-        min_p, device=logits.device, dtype=logits.dtype
-    ).unsqueeze(1)
-    return logits.masked_fill(probs < floors, float("-inf"))
+    offsets = torch.tensor([math.log(p) if p > 0 else -math.inf for p in min_p], device=logits.device)
+    floors = logits.max(dim=-1, keepdim=True).values + offsets.to(logits.dtype).unsqueeze(1)
+    return logits.masked_fill_(logits < floors, float("-inf"))

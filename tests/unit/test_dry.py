@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 
 from sampling import Sampler, SamplingParams
 from sampling.dry import dry_penalties
+from sampling.reference import reference_dry
 from server.engine.detokenizer import token_bytes_table, token_texts
 from tests import tokenizers
-from tests.dry_reference import reference_dry
 
 LETTERS = [chr(c) for c in range(ord("a"), ord("z") + 1)]
 VOCAB = [*LETTERS, "\n", ":", "::", "::::", "x:", *(f"w{i}" for i in range(60))]

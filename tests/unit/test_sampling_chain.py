@@ -35,21 +35,21 @@ def probs_of(logits: list[float], history: list[int], **params) -> list[float]:
 
 def test_top_k_keeps_the_k_largest_per_row():
     logits = torch.tensor([[1.0, 3.0, 2.0, 0.0], [1.0, 3.0, 2.0, 0.0]])
-    assert kept(mask_top_k(logits, [2, 0])) == [[False, True, True, False], [True] * 4]
+    assert kept(mask_top_k(logits.clone(), [2, 0])) == [[False, True, True, False], [True] * 4]
     assert mask_top_k(logits, [-1, 0]) is logits
 
 
 def test_top_p_keeps_the_smallest_head_reaching_p():
     logits = log_probs(0.5, 0.3, 0.15, 0.05)
-    assert kept(mask_top_p(logits, [0.75])) == [[True, True, False, False]]
-    assert kept(mask_top_p(logits, [0.85])) == [[True, True, True, False]]
-    assert kept(mask_top_p(logits, [0.1])) == [[True, False, False, False]]
+    assert kept(mask_top_p(logits.clone(), [0.75])) == [[True, True, False, False]]
+    assert kept(mask_top_p(logits.clone(), [0.85])) == [[True, True, True, False]]
+    assert kept(mask_top_p(logits.clone(), [0.1])) == [[True, False, False, False]]
 
 
 def test_min_p_threshold_is_relative_to_the_top_token():
     logits = log_probs(0.5, 0.3, 0.04, 0.16)
-    assert kept(mask_min_p(logits, [0.1])) == [[True, True, False, True]]
-    assert kept(mask_min_p(logits, [0.0])) == [[True] * 4]
+    assert kept(mask_min_p(logits.clone(), [0.1])) == [[True, True, False, True]]
+    assert kept(mask_min_p(logits.clone(), [0.0])) == [[True] * 4]
 
 
 def test_min_p_keeps_ties_and_the_top_token():
