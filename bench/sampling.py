@@ -22,26 +22,7 @@ from sampling import Sampler, SamplingParams
 from sampling.reference import reference_breakers, reference_dry_with
 from server.engine.detokenizer import token_bytes_table, token_texts
 
-WORDS = (
-    "the keeper said lamp sea ships rocks night fog old book father light stairs evening harbour"
-).split()  # noqa: SIM905
-    "the",
-    "keeper",
-    "said",
-    "lamp",
-    "sea",
-    "ships",
-    "rocks",
-    "night",
-    "fog",
-    "old",
-    "book",
-    "father",
-    "light",
-    "stairs",
-    "evening",
-    "harbour",
-]
+WORDS = ["the", "keeper", "said", "lamp", "sea", "ships", "rocks", "night", "fog", "old", "book", "light"]
 NAMES = ["Anon", "Nanashi", "Greta"]
 
 
