@@ -69,3 +69,20 @@ class BreakerCache:
         while len(self._analyses) > self._capacity:
             del self._analyses[next(iter(self._analyses))]
         return analysis
+
+
+_SHARED_CACHES: dict[tuple[int, int], BreakerCache] = {}
+_SHARED_CACHES_KEPT = 8
+
+
+def shared_breaker_cache(vocab: Sequence[str], tokenize: Tokenize) -> BreakerCache:
+    """The one cache for this vocabulary and tokenizer, so every sampler built on them (the engine's, and the
+    one-sequence helpers) analyses a breaker list once."""
+    key = (id(vocab), id(tokenize))
+    cache = _SHARED_CACHES.get(key)
+    # The cache holds both objects, so their ids cannot be reused by others while it is kept.
+    if cache is None:
+        cache = _SHARED_CACHES[key] = BreakerCache(vocab, tokenize)
+        while len(_SHARED_CACHES) > _SHARED_CACHES_KEPT:
+            del _SHARED_CACHES[next(iter(_SHARED_CACHES))]
+    return cache

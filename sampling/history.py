@@ -51,8 +51,9 @@ class TokenHistories:
     def append(self, rows: Sequence[int], tokens: torch.Tensor, breaker_flags: Sequence[bool]) -> None:
         """Appends one token to each row (rows full to capacity keep their last token)."""
         index = torch.tensor(rows, device=self.device)
-        positions = torch.tensor([min(self.lengths[r], self.capacity - 1) for r in rows], device=self.device)
-        width = int(positions.max()) + 1
+        slots = [min(self.lengths[r], self.capacity - 1) for r in rows]
+        positions = torch.tensor(slots, device=self.device)
+        width = max(slots) + 1  # from host-side lengths: no device synchronisation
         history = self.tokens.index_select(0, index)[:, :width]
         previous = self.match.index_select(0, index)[:, :width]
         shifted = torch.nn.functional.pad(previous[:, :-1], (1, 0))

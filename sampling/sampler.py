@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from sampling.breakers import BreakerAnalysis, BreakerCache, Tokenize
+from sampling.breakers import BreakerAnalysis, Tokenize, shared_breaker_cache
 from sampling.dry import DryRow, breaker_flags, dry_penalty_matrix, rep_limit
 from sampling.filters import mask_min_p, mask_top_k, mask_top_p
 from sampling.history import TokenHistories
@@ -53,7 +53,7 @@ class Sampler:
         self.device = device or torch.device("cpu")
         self.vocab_size = len(vocab)
         self._histories = TokenHistories(rows, capacity, self.device)
-        self._breakers = BreakerCache(vocab, tokenize)
+        self._breakers = shared_breaker_cache(vocab, tokenize)
         self._eos_ids = frozenset(eos_ids)
         self._rows: dict[int, _Row] = {}
         self._free = list(reversed(range(rows)))
