@@ -1,5 +1,25 @@
-"""The `::::` roleplay format, in pure Python (no torch)."""
+"""The `::::` roleplay format, in pure Python (no torch): rendering, validation, parsing."""
 
-from prompting.labels import LABEL_MARK, STOP_STRING
+from prompting.conversation import DEFAULT_OPENING, Character, Message, Setting
+from prompting.labels import LABEL_MARK, STOP_STRING, drop_reply_space, ends_with_label_space, label
+from prompting.parse import count_labels, parse_turns
+from prompting.render import RenderedPrompt, conversation_text, render_prompt
+from prompting.validation import PromptError
 
-__all__ = ["LABEL_MARK", "STOP_STRING"]
+__all__ = [
+    "DEFAULT_OPENING",
+    "LABEL_MARK",
+    "STOP_STRING",
+    "Character",
+    "Message",
+    "PromptError",
+    "RenderedPrompt",
+    "Setting",
+    "conversation_text",
+    "count_labels",
+    "drop_reply_space",
+    "ends_with_label_space",
+    "label",
+    "parse_turns",
+    "render_prompt",
+]

@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     dry_breakers_always: list[str] = Field(
         [STOP_STRING], description="DRY sequence breakers added to every request's list."
     )
+    trim_label_space: bool = Field(
+        True,
+        description="Completions whose prompt ends with a `::::` label and its space: send the prompt without the "
+        "space and drop the reply's leading space (see the README).",
+    )
     max_running: int = Field(8, ge=1, description="Requests generating at once; the rest wait in the queue.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log verbosity.")
 

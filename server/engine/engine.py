@@ -58,6 +58,10 @@ class Engine:
         self._runner = ModelRunner(loaded.model, loaded.device)
         self._token_bytes = token_bytes_table(loaded.tokenizer, loaded.vocab_size)
         self._special_ids = frozenset(loaded.tokenizer.all_special_ids)
+        # Texts user content must not contain: each would be read as its special token.
+        self.special_token_texts = frozenset(
+            [*loaded.tokenizer.all_special_tokens, *(t.content for t in loaded.tokenizer.added_tokens_decoder.values())]
+        )
         self._sampler = Sampler(
             rows=max_running,
             capacity=loaded.context_length,

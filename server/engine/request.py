@@ -1,6 +1,6 @@
 """What goes into the engine and what comes back out of it, per request."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from sampling import SamplingParams
@@ -15,6 +15,9 @@ class GenerationRequest:
     params: SamplingParams
     stop_strings: tuple[str, ...]
     max_tokens: int
+    # Matches of a turn stop end generation only at the `turns`-th; earlier ones are part of the text.
+    turn_stops: tuple[str, ...] = ()
+    turns: int = 1
 
 
 @dataclass(frozen=True)
@@ -27,3 +30,6 @@ class GenerationOutput:
     completion_tokens: int
     finish_reason: FinishReason | None = None
     error: str | None = None
+
+    def with_text(self, text: str) -> "GenerationOutput":
+        return replace(self, text=text)

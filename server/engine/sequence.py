@@ -18,7 +18,7 @@ class Sequence:
     output_ids: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.stops = StopMatcher(self.request.stop_strings)
+        self.stops = StopMatcher(self.request.stop_strings, self.request.turn_stops, self.request.turns)
 
     @property
     def id(self) -> str:

@@ -2,9 +2,12 @@
 
 Text that could still be the start of a stop string is held back; it is released as soon as it can no longer
 be one, and never released once a stop matches. The client therefore never sees any part of a stop string.
+
+A *turn stop* (the label mark, when a client lets the model write several turns) ends generation only at its
+`turns`-th match; earlier matches are released as text.
 """
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 
@@ -13,15 +16,16 @@ class StopScan:
     release: str  # text safe to send now
     held: str  # text that may still begin a stop string
     stopped: bool  # a stop string matched; `release` ends right before it
+    stop: str | None = None  # which one
 
 
-def scan_for_stops(pending: str, stops: Iterable[str]) -> StopScan:
-    """Splits `pending` (held text plus new text) at the earliest stop string, or at the longest tail that is a
-    proper prefix of some stop string."""
-    stops = tuple(stops)
-    starts = [index for index in (pending.find(stop) for stop in stops) if index >= 0]
-    if starts:
-        return StopScan(release=pending[: min(starts)], held="", stopped=True)
+def scan_for_stops(pending: str, stops: Sequence[str]) -> StopScan:
+    """Splits `pending` (held text plus new text) at the earliest stop string (the first listed among those
+    starting there), or at the longest tail that is a proper prefix of some stop string."""
+    found = [(index, order, stop) for order, stop in enumerate(stops) if (index := pending.find(stop)) >= 0]
+    if found:
+        index, _, stop = min(found)
+        return StopScan(release=pending[:index], held="", stopped=True, stop=stop)
     held = max((_prefix_overlap(pending, stop) for stop in stops), default=0)
     cut = len(pending) - held
     return StopScan(release=pending[:cut], held=pending[cut:], stopped=False)
@@ -38,14 +42,23 @@ def _prefix_overlap(text: str, stop: str) -> int:
 class StopMatcher:
     """Per-request state around `scan_for_stops`."""
 
-    def __init__(self, stops: Iterable[str]) -> None:
-        self._stops = tuple(dict.fromkeys(stop for stop in stops if stop))
+    def __init__(self, stops: Iterable[str], turn_stops: Iterable[str] = (), turns: int = 1) -> None:
+        self._turn_stops = frozenset(stop for stop in turn_stops if stop)
+        self._stops = tuple(dict.fromkeys([*(stop for stop in stops if stop), *sorted(self._turn_stops)]))
+        self._passes_left = turns - 1
         self._held = ""
 
     def push(self, text: str) -> StopScan:
-        scan = scan_for_stops(self._held + text, self._stops)
-        self._held = scan.held
-        return scan
+        pending, released = self._held + text, ""
+        while True:
+            scan = scan_for_stops(pending, self._stops)
+            if scan.stopped and scan.stop in self._turn_stops and self._passes_left > 0:
+                self._passes_left -= 1
+                cut = len(scan.release) + len(scan.stop)
+                released, pending = released + pending[:cut], pending[cut:]
+                continue
+            self._held = scan.held
+            return StopScan(released + scan.release, scan.held, scan.stopped, scan.stop)
 
     def flush(self) -> str:
         """Releases the held text when generation ends for another reason: it did not become a stop."""

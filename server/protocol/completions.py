@@ -40,6 +40,11 @@ class CompletionRequest(SamplerFields):
     echo: bool | None = False
     n: int | None = Field(1, ge=1)
     add_bos_token: bool | None = Field(True, description="Start the prompt with BOS unless it already does.")
+    trim_label_space: bool | None = Field(
+        None,
+        description="A prompt ending in a `::::` label and its space is sent without the space, and the reply's "
+        "leading space is dropped. Unset: the server's --trim-label-space.",
+    )
 
     def stop_list(self) -> list[str]:
         stops = [self.stop] if isinstance(self.stop, str) else self.stop or []

@@ -1,31 +1,18 @@
 """`POST /v1/completions`: raw-prompt text completion, streamed or whole."""
 
-import uuid
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from sampling import SamplingParamsError
-from server.engine.engine import Engine
+from prompting import drop_reply_space, ends_with_label_space
 from server.engine.handle import GenerationHandle
-from server.engine.request import FinishReason, GenerationOutput, GenerationRequest
+from server.engine.request import FinishReason, GenerationOutput
 from server.engine.tokenization import encode_prompt
-from server.errors import APIError
-from server.protocol.completions import (
-    CompletionChoice,
-    CompletionRequest,
-    CompletionResponse,
-    Usage,
-)
-from server.routes.delivery import (
-    ClientDisconnected,
-    collect,
-    disconnected_response,
-    error_event,
-    sse_response,
-)
-from server.state import ServerState, ready_engine, server_state
+from server.protocol.completions import CompletionChoice, CompletionRequest, CompletionResponse, Usage
+from server.routes.delivery import ClientDisconnected, collect, disconnected_response, error_event, sse_response
+from server.routes.generation import finish_error, generation_request, without_leading_space
+from server.state import ready_engine, server_state
 
 router = APIRouter()
 
@@ -34,61 +21,52 @@ router = APIRouter()
 async def create_completion(body: CompletionRequest, request: Request) -> Response | CompletionResponse:
     state = server_state(request)
     engine = ready_engine(request)
-    generation = generation_request(body, engine, state)
+    trim = body.trim_label_space if body.trim_label_space is not None else state.settings.trim_label_space
+    # A prompt ending in "label: " ends in a lone space token the model never saw before a word; end it at the
+    # colon instead and let the reply's first word bring its space (then dropped from the returned text).
+    trim = trim and ends_with_label_space(body.prompt)
+    prompt = body.prompt[:-1] if trim else body.prompt
+    generation = generation_request(
+        body,
+        prompt_ids=encode_prompt(engine.model.tokenizer, prompt, add_bos=body.add_bos_token is not False),
+        max_tokens=body.max_tokens,
+        n=body.n,
+        stops=body.stop_list(),
+        engine=engine,
+        state=state,
+        id_prefix="cmpl",
+    )
     handle = engine.submit(generation)
     echo = body.prompt if body.echo else ""
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return sse_response(_chunks(handle, state.model_name, echo=echo, include_usage=include_usage))
+        outputs = without_leading_space(handle) if trim else handle
+        return sse_response(_chunks(handle, outputs, state.model_name, echo=echo, include_usage=include_usage))
     try:
         outputs = await collect(handle, request)
     except ClientDisconnected:
         return disconnected_response()
+    finish_error(outputs)
+    text = "".join(o.text for o in outputs)
     last = outputs[-1]
-    if last.error:
-        raise APIError(500, last.error)
     return CompletionResponse(
         id=handle.request_id,
         model=state.model_name,
-        choices=[CompletionChoice(text=echo + "".join(o.text for o in outputs), finish_reason=last.finish_reason)],
+        choices=[
+            CompletionChoice(text=echo + (drop_reply_space(text) if trim else text), finish_reason=last.finish_reason)
+        ],
         usage=Usage.of(last.prompt_tokens, last.completion_tokens),
     )
 
 
-def generation_request(body: CompletionRequest, engine: Engine, state: ServerState) -> GenerationRequest:
-    """Validates the request against the model and turns it into the engine's input."""
-    if body.n is not None and body.n > 1:
-        raise APIError(400, "n > 1 is not supported yet: send one request per sample.", param="n")
-    model = engine.model
-    try:
-        params = body.sampling_params(state.sampling_defaults, state.settings.dry_breakers_always)
-    except SamplingParamsError as error:
-        raise APIError(400, str(error), param=error.param) from error
-    outside = sorted(token for token in params.token_ids() if token >= model.vocab_size)
-    if outside:
-        param = "logit_bias" if outside[0] in params.logit_bias else "custom_token_bans"
-        raise APIError(400, f"{param}: token id {outside[0]} is not in the vocabulary.", param=param)
-    prompt_ids = encode_prompt(model.tokenizer, body.prompt, add_bos=body.add_bos_token is not False)
-    room = model.context_length - len(prompt_ids)
-    if room < 1 or (body.max_tokens is not None and body.max_tokens > room):
-        wanted = f" plus {body.max_tokens} to generate" if body.max_tokens is not None else ""
-        raise APIError(
-            400,
-            f"This model's maximum context length is {model.context_length} tokens; the prompt has "
-            f"{len(prompt_ids)}{wanted}. Shorten the prompt or lower max_tokens.",
-            param="prompt" if room < 1 else "max_tokens",
-            code="context_length_exceeded",
-        )
-    return GenerationRequest(
-        request_id=f"cmpl-{uuid.uuid4().hex}",
-        prompt_ids=tuple(prompt_ids),
-        params=params,
-        stop_strings=tuple(dict.fromkeys([*state.settings.stop_strings, *body.stop_list()])),
-        max_tokens=body.max_tokens or room,
-    )
-
-
-async def _chunks(handle: GenerationHandle, model_name: str, *, echo: str, include_usage: bool) -> AsyncIterator[dict]:
+async def _chunks(
+    handle: GenerationHandle,
+    outputs: AsyncIterator[GenerationOutput],
+    model_name: str,
+    *,
+    echo: str,
+    include_usage: bool,
+) -> AsyncIterator[dict]:
     template = CompletionResponse(id=handle.request_id, model=model_name, choices=[])
     # With include_usage OpenAI sends "usage": null on every chunk but the last; without it, no usage key.
     excluded = set() if include_usage else {"usage"}
@@ -101,7 +79,7 @@ async def _chunks(handle: GenerationHandle, model_name: str, *, echo: str, inclu
     try:
         if echo:
             yield chunk(echo)
-        async for last in handle:
+        async for last in outputs:
             if last.error:
                 yield error_event(last.error)
                 return

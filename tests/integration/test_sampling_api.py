@@ -7,7 +7,7 @@ import pytest
 
 from tests.integration.test_errors import assert_openai_error
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "sillytavern"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "sillytavern"
 PASSAGE = (
     "The old keeper climbed the winding stairs every evening, lit the great lamp, and watched the ships pass far "
     "beyond the rocks, counting each one in a worn leather book that his father had given him long ago"

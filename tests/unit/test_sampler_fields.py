@@ -9,7 +9,7 @@ from sampling import SamplingParams, SamplingParamsError
 from server.protocol.completions import CompletionRequest
 from server.protocol.sampling import SamplerFields, parse_breakers
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "sillytavern"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "sillytavern"
 DEFAULTS = SamplingParams()
 BREAKERS = ["\n", ":", '"', "*"]
 

@@ -21,7 +21,9 @@ def test_text_without_stop_prefix_is_released_at_once():
 
 
 def test_stop_inside_one_piece_cuts_before_it():
-    assert scan_for_stops('"Hi."\n\n::::user:', ["::::"]) == StopScan(release='"Hi."\n\n', held="", stopped=True)
+    assert scan_for_stops('"Hi."\n\n::::user:', ["::::"]) == StopScan(
+        release='"Hi."\n\n', held="", stopped=True, stop="::::"
+    )
 
 
 def test_stop_split_across_pieces_never_leaks():
@@ -58,3 +60,21 @@ def test_stop_made_of_one_multibyte_character():
 @pytest.mark.parametrize("stops", [[], [""]])
 def test_no_stops_releases_everything(stops):
     assert feed(["a:", ":"], stops) == (["a:", ":", ""], False)
+
+
+def test_turn_stop_lets_earlier_matches_through():
+    matcher = StopMatcher([], turn_stops=["\n\n::::", "::::"], turns=3)
+    pieces = [' "Hi."', "\n\n::", "::user:Anon: Yo", "\n\n::::", "assistant:B: ok", "::", "::"]
+    released = [matcher.push(piece) for piece in pieces]
+    assert "".join(scan.release for scan in released) == ' "Hi."\n\n::::user:Anon: Yo\n\n::::assistant:B: ok'
+    assert [scan.stopped for scan in released] == [False] * 6 + [True]
+
+
+def test_client_stop_ends_at_once_even_with_turns_left():
+    matcher = StopMatcher(["END"], turn_stops=["::::"], turns=5)
+    assert matcher.push("a::::b END c") == StopScan(release="a::::b ", held="", stopped=True, stop="END")
+
+
+def test_earliest_stop_wins_and_reports_which():
+    scan = scan_for_stops("ab\n\n::::c", ["::::", "\n\n::::"])
+    assert (scan.release, scan.stop) == ("ab", "\n\n::::")

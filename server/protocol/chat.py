@@ -1,0 +1,144 @@
+"""Request and response models of `POST /v1/chat/completions` and `POST /v1/chat/render`.
+
+OpenAI's chat shape, extended for roleplay: messages carry the character `name`, an `ooc` flag makes a nameless
+out-of-character note, the optional setting (`title`, `characters`, `scenario`, `opening`) forms the opening
+turn, `speaker` names the character the model writes as, and `max_turns` lets it go on for several turns.
+"""
+
+import time
+import uuid
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field
+
+from prompting import DEFAULT_OPENING, Character, Message, Setting
+from server.engine.request import FinishReason
+from server.protocol.completions import StreamOptions, Usage
+from server.protocol.sampling import SamplerFields
+
+MAX_TURNS = 16
+
+
+def _unset(value: object) -> bool:
+    return value is None
+
+
+def _text_parts(value: object) -> object:
+    """OpenAI also sends content as a list of parts; the text parts are joined."""
+    if isinstance(value, list):
+        return "".join(part.get("text", "") for part in value if isinstance(part, dict) and part.get("type") == "text")
+    return value
+
+
+class ChatMessageIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: str
+    content: Annotated[str, BeforeValidator(_text_parts)]
+    name: str | None = None
+    ooc: bool = Field(False, description="An out-of-character note: a user turn without a name, `(OOC: ...)`.")
+
+    def message(self) -> Message:
+        return Message(role=self.role, content=self.content, name=self.name or None, ooc=self.ooc)
+
+
+class CharacterIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str
+    description: str = ""
+
+
+class ChatRequest(SamplerFields):
+    model: str | None = Field(None, description="Accepted and ignored: this server serves one model.")
+    messages: list[ChatMessageIn] = Field(default_factory=list)
+    title: str | None = None
+    characters: list[CharacterIn] = Field(default_factory=list)
+    scenario: str | None = None
+    opening: str = Field(DEFAULT_OPENING, description="The first line of the opening turn, before the headings.")
+    speaker: str | None = Field(
+        None, description="The character the model writes as. Unset: the last assistant-side name."
+    )
+    max_turns: int = Field(1, ge=1, le=MAX_TURNS, description="Let the model go on for up to this many turns.")
+    max_tokens: int | None = Field(
+        None, ge=1, validation_alias=AliasChoices("max_tokens", "max_completion_tokens", "max_new_tokens")
+    )
+    stop: str | list[str] | None = None
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    n: int | None = Field(1, ge=1)
+
+    def conversation(self) -> tuple[list[Message], Setting]:
+        setting = Setting(
+            title=self.title,
+            characters=tuple(Character(c.name, c.description) for c in self.characters),
+            scenario=self.scenario,
+            opening=self.opening,
+        )
+        return [m.message() for m in self.messages], setting
+
+    def stop_list(self) -> list[str]:
+        stops = [self.stop] if isinstance(self.stop, str) else self.stop or []
+        return [stop for stop in stops if stop]
+
+
+class ChatMessageOut(BaseModel):
+    role: Literal["assistant", "user"] = "assistant"
+    name: str | None = None
+    content: str
+
+    @classmethod
+    def of(cls, message: Message) -> "ChatMessageOut":
+        return cls(
+            role="assistant" if message.role == "assistant" else "user", name=message.name, content=message.content
+        )
+
+
+class ChatChoice(BaseModel):
+    index: int = 0
+    message: ChatMessageOut
+    messages: list[ChatMessageOut] | None = Field(
+        None,
+        exclude_if=_unset,
+        description="With max_turns > 1: every turn written, the speaker's first.",
+    )
+    logprobs: None = None
+    finish_reason: FinishReason | None = None
+
+
+class ChatCompletionResponse(BaseModel):
+    id: str = Field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class ChatDelta(BaseModel):
+    """Only what a chunk carries: the role (and name) first, then content, then nothing with finish_reason."""
+
+    role: Literal["assistant"] | None = Field(None, exclude_if=_unset)
+    name: str | None = Field(None, exclude_if=_unset)
+    content: str | None = Field(None, exclude_if=_unset)
+
+
+class ChatChunkChoice(BaseModel):
+    index: int = 0
+    delta: ChatDelta
+    messages: list[ChatMessageOut] | None = Field(None, exclude_if=_unset)
+    logprobs: None = None
+    finish_reason: FinishReason | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None
+
+
+class RenderResponse(BaseModel):
+    prompt: str = Field(description="The prompt text, BOS included as its text.")
+    token_ids: list[int]
+    speaker: str | None
