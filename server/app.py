@@ -11,11 +11,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from server.auth import install_api_key
 from server.engine.engine import Engine
 from server.engine.errors import ModelLoadError
 from server.engine.loader import load, served_name
 from server.errors import install_error_handlers
-from server.routes import chat, completions, health, models
+from server.routes import chat, completions, health, models, tokens
 from server.sampling_defaults import sampling_defaults
 from server.settings import Settings
 from server.state import ServerState
@@ -52,6 +53,7 @@ def create_app(settings: Settings, on_load_failure: Callable[[str], None] | None
     app = FastAPI(title="rpserve", summary="OpenAI-compatible server for roleplay models", lifespan=lifespan)
     app.state.server = state
     install_error_handlers(app)
-    for module in (health, models, completions, chat):
+    install_api_key(app, settings.api_key)
+    for module in (health, models, tokens, completions, chat):
         app.include_router(module.router)
     return app

@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     cache_dir: Path = Field(
         default_factory=default_cache_dir, description="Where the embedded model's converted HF folder is kept."
     )
+    api_key: str | None = Field(
+        None, description="When set, every route but /health needs it as `Authorization: Bearer` or `x-api-key`."
+    )
     stop_strings: list[str] = Field(
         [STOP_STRING], description="Stop strings always applied for this model family, merged with each request's."
     )

@@ -10,6 +10,7 @@ import logging
 import queue
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -18,7 +19,7 @@ from sampling import Sampler, SamplingParams
 from server.engine.detokenizer import IncrementalDetokenizer, token_bytes_table, token_texts
 from server.engine.handle import GenerationHandle
 from server.engine.loader import LoadedModel
-from server.engine.request import FinishReason, GenerationRequest
+from server.engine.request import FinishReason, GenerationRequest, TokenLogprob
 from server.engine.runner import ModelRunner
 from server.engine.sequence import Sequence
 
@@ -46,6 +47,12 @@ class _Abort:
     request_id: str
 
 
+@dataclass(frozen=True)
+class _AbortClient:
+    client: str
+    genkey: str | None
+
+
 class _Shutdown:
     pass
 
@@ -71,10 +78,14 @@ class Engine:
             device=loaded.device,
         )
         self._sampler.prepare_breakers(SamplingParams().dry_sequence_breakers)
-        self._commands: queue.Queue[_Add | _Abort | _Shutdown] = queue.Queue()
+        self._commands: queue.Queue[_Add | _Abort | _AbortClient | _Shutdown] = queue.Queue()
         self._waiting: deque[Sequence] = deque()
         self._running: list[Sequence] = []
         self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
+
+    def token_text(self, token_id: int) -> str:
+        """One token's own text (a token holding part of a UTF-8 character shows replacement characters)."""
+        return self._token_bytes[token_id].decode("utf-8", errors="replace")
 
     def start(self) -> None:
         self._thread.start()
@@ -85,17 +96,33 @@ class Engine:
 
     def submit(self, request: GenerationRequest) -> GenerationHandle:
         """Queues a request; call from the event loop, which will receive its outputs."""
-        handle = GenerationHandle(request.request_id, asyncio.get_running_loop(), self.abort)
-        sequence = Sequence(
-            request=request,
-            handle=handle,
-            detokenizer=IncrementalDetokenizer(self._token_bytes, self._special_ids),
-        )
-        self._commands.put(_Add(sequence))
-        return handle
+        return self.submit_samples([request])[0]
+
+    def submit_samples(self, requests: list[GenerationRequest]) -> list[GenerationHandle]:
+        """Queues several samples of one prompt (n > 1): they are admitted together and share one prefill."""
+        loop = asyncio.get_running_loop()
+        group = requests[0].request_id if len(requests) > 1 else None
+        handles = []
+        for request in requests:
+            handle = GenerationHandle(request.request_id, loop, self.abort)
+            skipped = self._special_ids if request.skip_special_tokens else frozenset()
+            sequence = Sequence(
+                request=request,
+                handle=handle,
+                detokenizer=IncrementalDetokenizer(self._token_bytes, skipped),
+                group=group,
+            )
+            self._commands.put(_Add(sequence))
+            handles.append(handle)
+        return handles
 
     def abort(self, request_id: str) -> None:
+        """Ends a request at the next step; it receives what it has generated so far, finish reason "stop"."""
         self._commands.put(_Abort(request_id))
+
+    def abort_client(self, client: str, genkey: str | None = None) -> None:
+        """KoboldCpp's abort: ends that client's generations (only the one named `genkey`, when given)."""
+        self._commands.put(_AbortClient(client, genkey))
 
     def _loop(self) -> None:
         with torch.inference_mode():
@@ -121,38 +148,77 @@ class Engine:
                 case _Add(sequence):
                     self._waiting.append(sequence)
                 case _Abort(request_id):
-                    self._drop(request_id)
+                    self._drop(lambda sequence, wanted=request_id: sequence.id == wanted)
+                case _AbortClient(client, genkey):
+                    self._drop(
+                        lambda s, c=client, k=genkey: s.request.client == c and (k is None or s.request.genkey == k)
+                    )
                 case _Shutdown():
                     return False
             self._update_stats()
 
     def _step(self) -> None:
         decoding = list(self._running)
-        admitted = []
-        while self._waiting and len(self._running) < self._max_running:
-            sequence = self._waiting.popleft()
-            self._running.append(sequence)
-            sequence.row = self._sampler.add(sequence.request.prompt_ids, sequence.request.params)
-            admitted.append(sequence)
+        admitted = self._admit()
         logits = []
         if decoding:
             logits.append(self._runner.decode([(s.id, s.last_token) for s in decoding]))
-        logits.extend(self._runner.prefill(s.id, s.request.prompt_ids).unsqueeze(0) for s in admitted)
-        stepped = decoding + admitted
-        tokens = self._sampler.sample(torch.cat(logits), [s.row for s in stepped])
+        for group in admitted:
+            first = self._runner.prefill(group[0].id, group[0].request.prompt_ids).unsqueeze(0)
+            for sibling in group[1:]:
+                self._runner.fork(group[0].id, sibling.id)
+            logits.extend([first] * len(group))
+        stepped = decoding + [sequence for group in admitted for sequence in group]
+        batch = torch.cat(logits)
+        tokens = self._sampler.sample(batch, [s.row for s in stepped])
+        self._record_logprobs(batch, stepped, tokens)
         for sequence, token in zip(stepped, tokens, strict=True):
             self._advance(sequence, token)
         self._update_stats()
+
+    def _admit(self) -> list[list[Sequence]]:
+        """Moves waiting requests into the running set while sampler rows are free, a sample group at once."""
+        admitted = []
+        while self._waiting:
+            group = [self._waiting[0]]
+            if group[0].group is not None:
+                group = [s for s in self._waiting if s.group == group[0].group]
+            if len(self._running) + len(group) > self._max_running:
+                break
+            for sequence in group:
+                self._waiting.remove(sequence)
+                self._running.append(sequence)
+                sequence.row = self._sampler.add(sequence.request.prompt_ids, sequence.request.params)
+            admitted.append(group)
+        return admitted
+
+    def _record_logprobs(self, logits: torch.Tensor, stepped: list[Sequence], tokens: list[int]) -> None:
+        wanted = [i for i, s in enumerate(stepped) if s.request.logprobs is not None]
+        if not wanted:
+            return
+        index = torch.tensor(wanted, device=logits.device)
+        logprobs = torch.log_softmax(logits.index_select(0, index).float(), dim=-1)
+        chosen = logprobs.gather(1, torch.tensor([tokens[i] for i in wanted], device=logits.device).unsqueeze(1))
+        widest = max(stepped[i].request.logprobs or 0 for i in wanted)
+        top = logprobs.topk(widest, dim=-1) if widest else None
+        chosen_values = chosen.squeeze(1).tolist()
+        top_values, top_ids = (top.values.tolist(), top.indices.tolist()) if top else ([], [])
+        for position, i in enumerate(wanted):
+            count = stepped[i].request.logprobs or 0
+            alternatives = (
+                tuple(zip(top_ids[position][:count], top_values[position][:count], strict=True)) if top else ()
+            )
+            stepped[i].pending_logprobs.append(TokenLogprob(tokens[i], chosen_values[position], alternatives))
 
     def _advance(self, sequence: Sequence, token: int) -> None:
         sequence.output_ids.append(token)
         self.stats.generated_tokens += 1
         if token in self.model.eos_ids:
-            self._finish(sequence, sequence.stops.flush(), "stop")
+            self._finish(sequence, sequence.stops.flush(), "stop", ended_by_token=True)
             return
         scan = sequence.stops.push(sequence.detokenizer.push(token))
         if scan.stopped:
-            self._finish(sequence, scan.release, "stop")
+            self._finish(sequence, scan.release, "stop", ended_by_token=True)
         elif self._out_of_room(sequence):
             self._finish(sequence, scan.release + sequence.stops.flush(), "length")
         elif scan.release:
@@ -163,15 +229,25 @@ class Engine:
         total = len(sequence.request.prompt_ids) + generated
         return generated >= sequence.request.max_tokens or total >= self.model.context_length
 
-    def _finish(self, sequence: Sequence, text: str, reason: FinishReason, error: str | None = None) -> None:
+    def _finish(
+        self,
+        sequence: Sequence,
+        text: str,
+        reason: FinishReason,
+        error: str | None = None,
+        *,
+        ended_by_token: bool = False,
+    ) -> None:
+        if ended_by_token and sequence.pending_logprobs:
+            sequence.pending_logprobs.pop()  # the EOS or stop token is not part of the returned text
         sequence.handle.deliver(sequence.output(text, reason, error))
         self._remove(sequence)
         self.stats.finished_requests += 1
 
-    def _drop(self, request_id: str) -> None:
+    def _drop(self, matches: Callable[[Sequence], bool]) -> None:
         for sequence in [*self._running, *self._waiting]:
-            if sequence.id == request_id:
-                self._remove(sequence)
+            if matches(sequence):
+                self._finish(sequence, sequence.stops.flush(), "stop")
 
     def _remove(self, sequence: Sequence) -> None:
         if sequence in self._running:

@@ -18,18 +18,32 @@ class GenerationRequest:
     # Matches of a turn stop end generation only at the `turns`-th; earlier ones are part of the text.
     turn_stops: tuple[str, ...] = ()
     turns: int = 1
+    skip_special_tokens: bool = True
+    logprobs: int | None = None  # report the chosen token's logprob and this many alternatives
+    client: str = ""  # who asked: KoboldCpp's abort stops that client's generations
+    genkey: str | None = None  # KoboldCpp's name for one generation
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token under the model's own distribution (before sampling filters)."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(frozen=True)
 class GenerationOutput:
-    """New text since the previous output. The last output of a request has a `finish_reason`; with "error",
-    `error` says what went wrong."""
+    """New text since the previous output, and the tokens generated since then. The last output of a request has
+    a `finish_reason`; with "error", `error` says what went wrong."""
 
     text: str
     prompt_tokens: int
     completion_tokens: int
     finish_reason: FinishReason | None = None
     error: str | None = None
+    logprobs: tuple[TokenLogprob, ...] = ()
 
     def with_text(self, text: str) -> "GenerationOutput":
         return replace(self, text=text)

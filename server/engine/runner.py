@@ -4,6 +4,7 @@ Each sequence owns a KV cache. The decode interface takes all running sequences 
 can replace the per-sequence loop without changing the caller.
 """
 
+import copy
 from collections.abc import Sequence
 
 import torch
@@ -29,6 +30,10 @@ class ModelRunner:
     def decode(self, steps: Sequence[tuple[str, int]]) -> torch.Tensor:
         """Feeds each (sequence id, last token) pair and returns their next-token logits, one row each."""
         return torch.cat([self._forward([token], self._caches[sequence_id]) for sequence_id, token in steps])
+
+    def fork(self, source_id: str, sequence_id: str) -> None:
+        """A second sample of the same prompt starts from a copy of the prompt's KV cache: no second prefill."""
+        self._caches[sequence_id] = copy.deepcopy(self._caches[source_id])
 
     def release(self, sequence_id: str) -> None:
         self._caches.pop(sequence_id, None)

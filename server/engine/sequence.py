@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 
 from server.engine.detokenizer import IncrementalDetokenizer
 from server.engine.handle import GenerationHandle
-from server.engine.request import FinishReason, GenerationOutput, GenerationRequest
+from server.engine.request import FinishReason, GenerationOutput, GenerationRequest, TokenLogprob
 from server.engine.stops import StopMatcher
 
 
@@ -13,9 +13,11 @@ class Sequence:
     request: GenerationRequest
     handle: GenerationHandle
     detokenizer: IncrementalDetokenizer
+    group: str | None = None  # samples of one prompt (n > 1) share its prefill
     row: int = -1  # the sampler row, once admitted
     stops: StopMatcher = field(init=False)
     output_ids: list[int] = field(default_factory=list)
+    pending_logprobs: list[TokenLogprob] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.stops = StopMatcher(self.request.stop_strings, self.request.turn_stops, self.request.turns)
@@ -31,10 +33,12 @@ class Sequence:
     def output(
         self, text: str, finish_reason: FinishReason | None = None, error: str | None = None
     ) -> GenerationOutput:
+        logprobs, self.pending_logprobs = tuple(self.pending_logprobs), []
         return GenerationOutput(
             text=text,
             prompt_tokens=len(self.request.prompt_ids),
             completion_tokens=len(self.output_ids),
             finish_reason=finish_reason,
             error=error,
+            logprobs=logprobs,
         )

@@ -65,6 +65,8 @@ class ChatRequest(SamplerFields):
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     n: int | None = Field(1, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
 
     def conversation(self) -> tuple[list[Message], Setting]:
         setting = Setting(
@@ -92,6 +94,20 @@ class ChatMessageOut(BaseModel):
         )
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class TokenLogprobOut(TopLogprob):
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+
+
+class ChatLogprobs(BaseModel):
+    content: list[TokenLogprobOut] = Field(default_factory=list)
+
+
 class ChatChoice(BaseModel):
     index: int = 0
     message: ChatMessageOut
@@ -100,7 +116,7 @@ class ChatChoice(BaseModel):
         exclude_if=_unset,
         description="With max_turns > 1: every turn written, the speaker's first.",
     )
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
     finish_reason: FinishReason | None = None
 
 
@@ -125,7 +141,7 @@ class ChatChunkChoice(BaseModel):
     index: int = 0
     delta: ChatDelta
     messages: list[ChatMessageOut] | None = Field(None, exclude_if=_unset)
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
     finish_reason: FinishReason | None = None
 
 

@@ -40,6 +40,14 @@ class CompletionRequest(SamplerFields):
     echo: bool | None = False
     n: int | None = Field(1, ge=1)
     add_bos_token: bool | None = Field(True, description="Start the prompt with BOS unless it already does.")
+    logprobs: int | None = Field(
+        None, ge=0, le=20, description="Report each token's logprob and this many most likely alternatives."
+    )
+    skip_special_tokens: bool = Field(True, description="Leave special tokens' text out of the output.")
+    truncation_length: int | None = Field(
+        None, ge=1, description="Cut the prompt from the left (keeping BOS) so prompt + max_tokens fit in this."
+    )
+    genkey: str | None = Field(None, description="KoboldCpp: a name for this generation, for /api/extra/abort.")
     trim_label_space: bool | None = Field(
         None,
         description="A prompt ending in a `::::` label and its space is sent without the space, and the reply's "
@@ -51,10 +59,19 @@ class CompletionRequest(SamplerFields):
         return [stop for stop in dict.fromkeys([*stops, *(self.stopping_strings or [])]) if stop]
 
 
+class CompletionLogprobs(BaseModel):
+    """OpenAI's completions logprobs, for the generated tokens (under the model's own distribution)."""
+
+    tokens: list[str] = Field(default_factory=list)
+    token_logprobs: list[float | None] = Field(default_factory=list)
+    top_logprobs: list[dict[str, float] | None] = Field(default_factory=list)
+    text_offset: list[int] = Field(default_factory=list)
+
+
 class CompletionChoice(BaseModel):
     index: int = 0
     text: str
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
     finish_reason: FinishReason | None = None
 
 

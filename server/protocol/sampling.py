@@ -50,7 +50,8 @@ def _token_id_list(value: object) -> object:
 
 
 class SamplerFields(BaseModel):
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    # Unknown fields are kept (not rejected) so the response can list them as ignored.
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
 
     temperature: float | None = Field(None, ge=0)
     top_k: int | None = Field(None, ge=-1)

@@ -1,92 +1,144 @@
-"""`POST /v1/completions`: raw-prompt text completion, streamed or whole."""
+"""`POST /v1/completions`: raw-prompt text completion, streamed or whole, one or several samples."""
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from prompting import drop_reply_space, ends_with_label_space
+from server.engine.engine import Engine
 from server.engine.handle import GenerationHandle
-from server.engine.request import FinishReason, GenerationOutput
+from server.engine.request import GenerationOutput, TokenLogprob
 from server.engine.tokenization import encode_prompt
-from server.protocol.completions import CompletionChoice, CompletionRequest, CompletionResponse, Usage
-from server.routes.delivery import ClientDisconnected, collect, disconnected_response, error_event, sse_response
-from server.routes.generation import finish_error, generation_request, without_leading_space
+from server.protocol.completions import (
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionRequest,
+    CompletionResponse,
+    Usage,
+)
+from server.protocol.fields import ignored_fields_header
+from server.routes.delivery import ClientDisconnected, collect, disconnected_response, error_event, merged, sse_response
+from server.routes.generation import finish_error, generation_requests, truncated_left, without_leading_space
 from server.state import ready_engine, server_state
 
 router = APIRouter()
 
 
 @router.post("/v1/completions", response_model=CompletionResponse)
-async def create_completion(body: CompletionRequest, request: Request) -> Response | CompletionResponse:
+async def create_completion(
+    body: CompletionRequest, request: Request, response: Response
+) -> Response | CompletionResponse:
     state = server_state(request)
     engine = ready_engine(request)
     trim = body.trim_label_space if body.trim_label_space is not None else state.settings.trim_label_space
     # A prompt ending in "label: " ends in a lone space token the model never saw before a word; end it at the
     # colon instead and let the reply's first word bring its space (then dropped from the returned text).
     trim = trim and ends_with_label_space(body.prompt)
-    prompt = body.prompt[:-1] if trim else body.prompt
-    generation = generation_request(
+    prompt_ids = encode_prompt(
+        engine.model.tokenizer, body.prompt[:-1] if trim else body.prompt, add_bos=body.add_bos_token is not False
+    )
+    if body.truncation_length:
+        budget = min(body.truncation_length, engine.model.context_length) - (body.max_tokens or 0)
+        prompt_ids = truncated_left(prompt_ids, budget, engine.model.bos_id)
+    generations = generation_requests(
         body,
-        prompt_ids=encode_prompt(engine.model.tokenizer, prompt, add_bos=body.add_bos_token is not False),
+        prompt_ids=prompt_ids,
         max_tokens=body.max_tokens,
         n=body.n,
         stops=body.stop_list(),
         engine=engine,
         state=state,
         id_prefix="cmpl",
+        logprobs=body.logprobs,
+        skip_special_tokens=body.skip_special_tokens,
+        client=request.client.host if request.client else "",
+        genkey=body.genkey,
     )
-    handle = engine.submit(generation)
+    handles = engine.submit_samples(generations)
     echo = body.prompt if body.echo else ""
+    headers = ignored_fields_header(body)
+    request_id = generations[0].request_id
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        outputs = without_leading_space(handle) if trim else handle
-        return sse_response(_chunks(handle, outputs, state.model_name, echo=echo, include_usage=include_usage))
+        outputs = [without_leading_space(h) if trim else h for h in handles]
+        events = _chunks(handles, outputs, engine, request_id, state.model_name, echo, include_usage, body.logprobs)
+        return sse_response(events, headers=headers)
     try:
-        outputs = await collect(handle, request)
+        samples = await collect(handles, request)
     except ClientDisconnected:
         return disconnected_response()
-    finish_error(outputs)
-    text = "".join(o.text for o in outputs)
-    last = outputs[-1]
-    return CompletionResponse(
-        id=handle.request_id,
-        model=state.model_name,
-        choices=[
-            CompletionChoice(text=echo + (drop_reply_space(text) if trim else text), finish_reason=last.finish_reason)
-        ],
-        usage=Usage.of(last.prompt_tokens, last.completion_tokens),
-    )
+    finish_error(samples)
+    response.headers.update(headers)
+    choices = []
+    for index, outputs in enumerate(samples):
+        text = "".join(o.text for o in outputs)
+        logprobs = None
+        if body.logprobs is not None:
+            logprobs = completion_logprobs(engine, [t for o in outputs for t in o.logprobs], len(echo), body.logprobs)
+        text = echo + (drop_reply_space(text) if trim else text)
+        choices.append(
+            CompletionChoice(index=index, text=text, logprobs=logprobs, finish_reason=outputs[-1].finish_reason)
+        )
+    prompt_tokens = samples[0][-1].prompt_tokens
+    usage = Usage.of(prompt_tokens, sum(outputs[-1].completion_tokens for outputs in samples))
+    return CompletionResponse(id=request_id, model=state.model_name, choices=choices, usage=usage)
+
+
+def completion_logprobs(engine: Engine, tokens: Sequence[TokenLogprob], offset: int, top: int) -> CompletionLogprobs:
+    """OpenAI's shape; `offset` is where the first token's text starts in the returned text."""
+    result = CompletionLogprobs()
+    for token in tokens:
+        text = engine.token_text(token.token_id)
+        result.tokens.append(text)
+        result.token_logprobs.append(token.logprob)
+        result.top_logprobs.append({engine.token_text(i): lp for i, lp in token.top[:top]} if top else None)
+        result.text_offset.append(offset)
+        offset += len(text)
+    return result
 
 
 async def _chunks(
-    handle: GenerationHandle,
-    outputs: AsyncIterator[GenerationOutput],
+    handles: list[GenerationHandle],
+    outputs: list[AsyncIterator[GenerationOutput]],
+    engine: Engine,
+    request_id: str,
     model_name: str,
-    *,
     echo: str,
     include_usage: bool,
+    logprobs: int | None,
 ) -> AsyncIterator[dict]:
-    template = CompletionResponse(id=handle.request_id, model=model_name, choices=[])
+    template = CompletionResponse(id=request_id, model=model_name, choices=[])
     # With include_usage OpenAI sends "usage": null on every chunk but the last; without it, no usage key.
     excluded = set() if include_usage else {"usage"}
+    offsets = [len(echo)] * len(handles)
+    finals: dict[int, GenerationOutput] = {}
 
-    def chunk(text: str, finish_reason: FinishReason | None = None) -> dict:
-        choice = CompletionChoice(text=text, finish_reason=finish_reason)
+    def chunk(index: int, output: GenerationOutput | None, text: str) -> dict:
+        scores = None
+        if logprobs is not None and output is not None:
+            scores = completion_logprobs(engine, output.logprobs, offsets[index], logprobs)
+            offsets[index] += sum(len(t) for t in scores.tokens)
+        finish = output.finish_reason if output else None
+        choice = CompletionChoice(index=index, text=text, logprobs=scores, finish_reason=finish)
         return template.model_copy(update={"choices": [choice]}).model_dump(exclude=excluded)
 
-    last: GenerationOutput | None = None
     try:
         if echo:
-            yield chunk(echo)
-        async for last in outputs:
-            if last.error:
-                yield error_event(last.error)
+            for index in range(len(handles)):
+                yield chunk(index, None, echo)
+        async for index, output in merged(outputs):
+            if output.error:
+                yield error_event(output.error)
                 return
-            if last.text or last.finish_reason:
-                yield chunk(last.text, last.finish_reason)
-        if include_usage and last is not None:
-            usage = Usage.of(last.prompt_tokens, last.completion_tokens)
+            if output.text or output.finish_reason or output.logprobs:
+                yield chunk(index, output, output.text)
+            if output.finish_reason:
+                finals[index] = output
+        if include_usage and finals:
+            completion = sum(output.completion_tokens for output in finals.values())
+            usage = Usage.of(next(iter(finals.values())).prompt_tokens, completion)
             yield template.model_copy(update={"usage": usage}).model_dump()
     finally:
-        handle.cancel()
+        for handle in handles:
+            handle.cancel()

@@ -22,18 +22,19 @@ class ClientDisconnected(Exception):
     pass
 
 
-async def collect(handle: GenerationHandle, request: Request) -> list[GenerationOutput]:
-    """Every output of a non-streamed request. Raises ClientDisconnected (after cancelling the request) when the
-    client closes the connection first."""
+async def collect(handles: list[GenerationHandle], request: Request) -> list[list[GenerationOutput]]:
+    """Every output of each sample of a non-streamed request. Raises ClientDisconnected (after cancelling the
+    samples) when the client closes the connection first."""
 
-    async def gather() -> list[GenerationOutput]:
+    async def gather(handle: GenerationHandle) -> list[GenerationOutput]:
         return [output async for output in handle]
 
     async def watch() -> None:
         while not await request.is_disconnected():
             await asyncio.sleep(DISCONNECT_POLL_SECONDS)
 
-    gathering, watching = asyncio.create_task(gather()), asyncio.create_task(watch())
+    gathering = asyncio.gather(*(gather(handle) for handle in handles))
+    watching = asyncio.ensure_future(watch())
     try:
         await asyncio.wait({gathering, watching}, return_when=asyncio.FIRST_COMPLETED)
         if not gathering.done():
@@ -42,14 +43,40 @@ async def collect(handle: GenerationHandle, request: Request) -> list[Generation
     finally:
         gathering.cancel()
         watching.cancel()
-        handle.cancel()
+        for handle in handles:
+            handle.cancel()
+
+
+async def merged(streams: list[AsyncIterator[GenerationOutput]]) -> AsyncIterator[tuple[int, GenerationOutput]]:
+    """The outputs of several samples as they come, each with its sample's index."""
+    queue: asyncio.Queue[tuple[int, GenerationOutput] | None] = asyncio.Queue()
+
+    async def pump(index: int, stream: AsyncIterator[GenerationOutput]) -> None:
+        try:
+            async for output in stream:
+                await queue.put((index, output))
+        finally:
+            await queue.put(None)
+
+    pumps = [asyncio.ensure_future(pump(i, stream)) for i, stream in enumerate(streams)]
+    try:
+        remaining = len(pumps)
+        while remaining:
+            item = await queue.get()
+            if item is None:
+                remaining -= 1
+            else:
+                yield item
+    finally:
+        for task in pumps:
+            task.cancel()
 
 
 def disconnected_response() -> Response:
     return Response(status_code=CLIENT_CLOSED_REQUEST)
 
 
-def sse_response(events: AsyncIterator[dict]) -> EventSourceResponse:
+def sse_response(events: AsyncIterator[dict], headers: dict[str, str] | None = None) -> EventSourceResponse:
     """Streams JSON events as `data:` lines and ends with `data: [DONE]`. sse-starlette cancels the generator
     when the client disconnects; the generator's cleanup cancels the request."""
 
@@ -58,7 +85,7 @@ def sse_response(events: AsyncIterator[dict]) -> EventSourceResponse:
             yield json.dumps(event, ensure_ascii=False)
         yield "[DONE]"
 
-    return EventSourceResponse(lines(), sep="\n", ping=15)
+    return EventSourceResponse(lines(), sep="\n", ping=15, headers=headers)
 
 
 def error_event(message: str) -> dict:

@@ -1,5 +1,6 @@
 """What the generating routes share: validating a request against the model and building the engine's input."""
 
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Sequence
 
@@ -12,7 +13,7 @@ from server.protocol.sampling import SamplerFields
 from server.state import ServerState
 
 
-def generation_request(
+def generation_requests(
     fields: SamplerFields,
     *,
     prompt_ids: Sequence[int],
@@ -24,10 +25,17 @@ def generation_request(
     id_prefix: str,
     turn_stops: Sequence[str] = (),
     turns: int = 1,
-) -> GenerationRequest:
-    """Raises APIError (400) for anything the model cannot do with this request."""
-    if n is not None and n > 1:
-        raise APIError(400, "n > 1 is not supported yet: send one request per sample.", param="n")
+    logprobs: int | None = None,
+    skip_special_tokens: bool = True,
+    client: str = "",
+    genkey: str | None = None,
+) -> list[GenerationRequest]:
+    """One request per sample (`n`); raises APIError (400) for anything the model cannot do with them."""
+    samples = n or 1
+    if samples > state.settings.max_running:
+        raise APIError(
+            400, f"n is {samples}; this server runs at most {state.settings.max_running} at once.", param="n"
+        )
     model = engine.model
     try:
         params = fields.sampling_params(state.sampling_defaults, state.settings.dry_breakers_always)
@@ -47,7 +55,7 @@ def generation_request(
             param="prompt" if room < 1 else "max_tokens",
             code="context_length_exceeded",
         )
-    return GenerationRequest(
+    base = GenerationRequest(
         request_id=f"{id_prefix}-{uuid.uuid4().hex}",
         prompt_ids=tuple(prompt_ids),
         params=params,
@@ -56,7 +64,32 @@ def generation_request(
         max_tokens=max_tokens or room,
         turn_stops=tuple(turn_stops),
         turns=turns,
+        logprobs=logprobs,
+        skip_special_tokens=skip_special_tokens,
+        client=client,
+        genkey=genkey,
     )
+    if samples == 1:
+        return [base]
+    # Distinct samples, each reproducible: sample i draws with seed + i.
+    return [
+        dataclasses.replace(
+            base,
+            request_id=f"{base.request_id}-{i}",
+            params=dataclasses.replace(params, seed=None if params.seed is None else params.seed + i),
+        )
+        for i in range(samples)
+    ]
+
+
+def truncated_left(prompt_ids: list[int], budget: int, bos_id: int | None) -> list[int]:
+    """The last `budget` tokens of the prompt, keeping its BOS first (text-generation-webui's
+    `truncation_length`)."""
+    if budget < 1 or len(prompt_ids) <= budget:
+        return prompt_ids
+    if bos_id is not None and prompt_ids and prompt_ids[0] == bos_id:
+        return [bos_id, *prompt_ids[len(prompt_ids) - budget + 1 :]]
+    return prompt_ids[-budget:]
 
 
 def without_leading_space(outputs: AsyncIterator[GenerationOutput]) -> AsyncIterator[GenerationOutput]:
@@ -73,7 +106,8 @@ def without_leading_space(outputs: AsyncIterator[GenerationOutput]) -> AsyncIter
     return trimmed()
 
 
-def finish_error(outputs: Sequence[GenerationOutput]) -> None:
+def finish_error(samples: Sequence[Sequence[GenerationOutput]]) -> None:
     """A non-streamed request whose generation failed in the engine answers 500 with the engine's reason."""
-    if outputs[-1].error:
-        raise APIError(500, outputs[-1].error)
+    for outputs in samples:
+        if outputs[-1].error:
+            raise APIError(500, outputs[-1].error)
