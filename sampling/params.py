@@ -85,10 +85,6 @@ class SamplingParams:
     def uses_penalties(self) -> bool:
         return self.repetition_penalty != 1 or self.frequency_penalty != 0 or self.presence_penalty != 0
 
-    def token_ids(self) -> set[int]:
-        """Every token id the request names (bias and bans), to check against the vocabulary."""
-        return set(self.logit_bias) | set(self.banned_token_ids)
-
 
 def _require(condition: bool, param: str, message: str) -> None:
     if not condition:

@@ -218,7 +218,7 @@ class Engine:
             return
         scan = sequence.stops.push(sequence.detokenizer.push(token))
         if scan.stopped:
-            self._finish(sequence, scan.release, "stop", ended_by_token=True)
+            self._finish(sequence, scan.release, "stop", ended_by_token=True, stop_string=scan.stop)
         elif self._out_of_room(sequence):
             self._finish(sequence, scan.release + sequence.stops.flush(), "length")
         elif scan.release:
@@ -237,10 +237,11 @@ class Engine:
         error: str | None = None,
         *,
         ended_by_token: bool = False,
+        stop_string: str | None = None,
     ) -> None:
         if ended_by_token and sequence.pending_logprobs:
             sequence.pending_logprobs.pop()  # the EOS or stop token is not part of the returned text
-        sequence.handle.deliver(sequence.output(text, reason, error))
+        sequence.handle.deliver(sequence.output(text, reason, error, stop_string))
         self._remove(sequence)
         self.stats.finished_requests += 1
 

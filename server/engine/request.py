@@ -44,6 +44,7 @@ class GenerationOutput:
     finish_reason: FinishReason | None = None
     error: str | None = None
     logprobs: tuple[TokenLogprob, ...] = ()
+    stop_string: str | None = None  # the stop string that ended generation, if one did
 
     def with_text(self, text: str) -> "GenerationOutput":
         return replace(self, text=text)

@@ -31,7 +31,11 @@ class Sequence:
         return self.output_ids[-1]
 
     def output(
-        self, text: str, finish_reason: FinishReason | None = None, error: str | None = None
+        self,
+        text: str,
+        finish_reason: FinishReason | None = None,
+        error: str | None = None,
+        stop_string: str | None = None,
     ) -> GenerationOutput:
         logprobs, self.pending_logprobs = tuple(self.pending_logprobs), []
         return GenerationOutput(
@@ -41,4 +45,5 @@ class Sequence:
             finish_reason=finish_reason,
             error=error,
             logprobs=logprobs,
+            stop_string=stop_string,
         )

@@ -29,7 +29,7 @@ from server.protocol.chat import (
 from server.protocol.completions import Usage
 from server.protocol.fields import ignored_fields_header
 from server.routes.delivery import ClientDisconnected, collect, disconnected_response, error_event, merged, sse_response
-from server.routes.generation import finish_error, generation_requests, without_leading_space
+from server.routes.generation import finish_error, generation_requests, response_id, without_leading_space
 from server.state import ready_engine, server_state
 
 router = APIRouter()
@@ -80,7 +80,7 @@ async def create_chat_completion(
     )
     handles = engine.submit_samples(generations)
     headers = ignored_fields_header(body)
-    request_id = generations[0].request_id
+    request_id = response_id(generations)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         chunks = _chunks(handles, engine, request_id, state.model_name, prompt, several, include_usage, body.logprobs)

@@ -19,7 +19,13 @@ from server.protocol.completions import (
 )
 from server.protocol.fields import ignored_fields_header
 from server.routes.delivery import ClientDisconnected, collect, disconnected_response, error_event, merged, sse_response
-from server.routes.generation import finish_error, generation_requests, truncated_left, without_leading_space
+from server.routes.generation import (
+    finish_error,
+    generation_requests,
+    response_id,
+    truncated_left,
+    without_leading_space,
+)
 from server.state import ready_engine, server_state
 
 router = APIRouter()
@@ -58,7 +64,7 @@ async def create_completion(
     handles = engine.submit_samples(generations)
     echo = body.prompt if body.echo else ""
     headers = ignored_fields_header(body)
-    request_id = generations[0].request_id
+    request_id = response_id(generations)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         outputs = [without_leading_space(h) if trim else h for h in handles]

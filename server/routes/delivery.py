@@ -76,14 +76,18 @@ def disconnected_response() -> Response:
     return Response(status_code=CLIENT_CLOSED_REQUEST)
 
 
-def sse_response(events: AsyncIterator[dict], headers: dict[str, str] | None = None) -> EventSourceResponse:
-    """Streams JSON events as `data:` lines and ends with `data: [DONE]`. sse-starlette cancels the generator
-    when the client disconnects; the generator's cleanup cancels the request."""
+def sse_response(
+    events: AsyncIterator[dict], headers: dict[str, str] | None = None, *, done: bool = True
+) -> EventSourceResponse:
+    """Streams JSON events as `data:` lines and ends with `data: [DONE]` (OpenAI's convention; llama.cpp's native
+    stream just ends). sse-starlette cancels the generator when the client disconnects; the generator's cleanup
+    cancels the request."""
 
     async def lines() -> AsyncIterator[str]:
         async for event in events:
             yield json.dumps(event, ensure_ascii=False)
-        yield "[DONE]"
+        if done:
+            yield "[DONE]"
 
     return EventSourceResponse(lines(), sep="\n", ping=15, headers=headers)
 

@@ -41,10 +41,13 @@ def generation_requests(
         params = fields.sampling_params(state.sampling_defaults, state.settings.dry_breakers_always)
     except SamplingParamsError as error:
         raise APIError(400, str(error), param=error.param) from error
-    outside = sorted(token for token in params.token_ids() if token >= model.vocab_size)
+    outside = sorted(token for token in params.logit_bias if token >= model.vocab_size)
     if outside:
-        param = "logit_bias" if outside[0] in params.logit_bias else "custom_token_bans"
-        raise APIError(400, f"{param}: token id {outside[0]} is not in the vocabulary.", param=param)
+        raise APIError(400, f"logit_bias: token id {outside[0]} is not in the vocabulary.", param="logit_bias")
+    # Banning a token this vocabulary does not have bans nothing (SillyTavern sends Llama-3's <|eot_id|>).
+    params = dataclasses.replace(
+        params, banned_token_ids=frozenset(t for t in params.banned_token_ids if t < model.vocab_size)
+    )
     room = model.context_length - len(prompt_ids)
     if room < 1 or (max_tokens is not None and max_tokens > room):
         wanted = f" plus {max_tokens} to generate" if max_tokens is not None else ""
@@ -80,6 +83,12 @@ def generation_requests(
         )
         for i in range(samples)
     ]
+
+
+def response_id(generations: Sequence[GenerationRequest]) -> str:
+    """One id for the whole answer: the samples' ids are it plus `-<index>`."""
+    first = generations[0].request_id
+    return first.rsplit("-", 1)[0] if len(generations) > 1 else first
 
 
 def truncated_left(prompt_ids: list[int], budget: int, bos_id: int | None) -> list[int]:

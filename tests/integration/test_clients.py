@@ -1,0 +1,179 @@
+"""What each client type relies on beyond plain generation: samples, logprobs, truncation, special tokens,
+KoboldCpp's abort, the ignored-fields header, the API key, and the openai package itself."""
+
+import json
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+
+from tests import tokenizers
+from tests.integration.server_process import ServerProcess
+from tests.integration.sse import stream
+
+PROMPT = "The lighthouse keeper looked at the sea and said"
+
+
+def test_n_samples_whole_and_streamed(client):
+    body = {"prompt": PROMPT, "max_tokens": 8, "n": 2, "seed": 21}
+    whole = client.post("/v1/completions", json=body).json()
+    assert [c["index"] for c in whole["choices"]] == [0, 1]
+    single = client.post("/v1/completions", json={**body, "n": 1}).json()["choices"][0]["text"]
+    assert whole["choices"][0]["text"] == single  # sample i draws with seed + i
+    events = stream(client, "/v1/completions", body)
+    chunks = [e for e in events if isinstance(e, dict)]
+    assert all(len(c["choices"]) == 1 for c in chunks)
+    for index in (0, 1):
+        text = "".join(c["choices"][0]["text"] for c in chunks if c["choices"][0]["index"] == index)
+        assert text == whole["choices"][index]["text"]
+    chat = client.post(
+        "/v1/chat/completions",
+        json={"messages": [{"role": "user", "name": "Anon", "content": "Hi."}], "n": 2, "max_tokens": 4},
+    ).json()
+    assert [c["index"] for c in chat["choices"]] == [0, 1]
+
+
+def test_completion_logprobs(client):
+    body = client.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 6, "logprobs": 3, "seed": 1}).json()
+    choice = body["choices"][0]
+    scores = choice["logprobs"]
+    assert len(scores["tokens"]) == len(scores["token_logprobs"]) == len(scores["top_logprobs"]) == 6
+    assert "".join(scores["tokens"]) == choice["text"]
+    assert all(lp <= 0 for lp in scores["token_logprobs"])
+    assert all(len(top) <= 3 for top in scores["top_logprobs"])
+    offsets = [sum(len(t) for t in scores["tokens"][:i]) for i in range(6)]
+    assert scores["text_offset"] == offsets
+
+
+def test_chat_logprobs(client):
+    body = {"messages": [{"role": "user", "content": "Hi."}], "max_tokens": 4, "logprobs": True, "top_logprobs": 2}
+    content = client.post("/v1/chat/completions", json=body).json()["choices"][0]["logprobs"]["content"]
+    assert len(content) == 4
+    assert all(len(entry["top_logprobs"]) == 2 and entry["logprob"] <= 0 for entry in content)
+
+
+def test_truncation_length_cuts_from_the_left_keeping_bos(client):
+    prompt = " ".join(f"word{i}" for i in range(200))
+    body = client.post(
+        "/v1/completions", json={"prompt": prompt, "max_tokens": 10, "truncation_length": 60, "temperature": 0}
+    ).json()
+    assert body["usage"]["prompt_tokens"] == 50
+    kept = tokenizers.smollm2().encode(prompt, add_special_tokens=False)[-49:]
+    direct = client.post(
+        "/v1/completions",
+        json={"prompt": tokenizers.smollm2().decode(kept), "max_tokens": 10, "temperature": 0},
+    ).json()
+    assert direct["choices"][0]["text"] == body["choices"][0]["text"]
+
+
+def test_skip_special_tokens(client):
+    (end_of_text,) = tokenizers.smollm2().encode("<|endoftext|>", add_special_tokens=False)
+    body = {"prompt": PROMPT, "max_tokens": 2, "logit_bias": {str(end_of_text): 100}}
+    assert client.post("/v1/completions", json=body).json()["choices"][0]["text"] == ""
+    shown = client.post("/v1/completions", json={**body, "skip_special_tokens": False}).json()
+    assert shown["choices"][0]["text"] == "<|endoftext|><|endoftext|>"
+
+
+def test_ignored_fields_are_listed_in_a_header(client):
+    body = {"prompt": PROMPT, "max_tokens": 2, "typical_p": 1, "mirostat_mode": 0, "rep_pen": 1.0}
+    response = client.post("/v1/completions", json=body)
+    assert response.headers["x-ignored-fields"] == "mirostat_mode, typical_p"
+    with client.stream("POST", "/v1/completions", json={**body, "stream": True}) as streamed:
+        assert streamed.headers["x-ignored-fields"] == "mirostat_mode, typical_p"
+
+
+def test_kobold_abort_ends_that_clients_generation(server):
+    (label_mark,) = tokenizers.smollm2().encode("::::", add_special_tokens=False)
+    body = {
+        "prompt": PROMPT,
+        "max_tokens": 3000,
+        "ban_eos_token": True,
+        "logit_bias": {str(label_mark): -100},
+        "genkey": "KCPP1234",
+    }
+    result: dict = {}
+
+    def generate() -> None:
+        result["response"] = httpx.post(f"{server.url}/v1/completions", json=body, timeout=120)
+
+    worker = threading.Thread(target=generate)
+    started = time.monotonic()
+    worker.start()
+    while server.health()["running"] == 0:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    assert httpx.post(f"{server.url}/api/extra/abort", json={"genkey": "KCPP1234"}).json()["success"] == "true"
+    worker.join(timeout=30)
+    answer = result["response"].json()
+    assert result["response"].status_code == 200
+    assert answer["choices"][0]["finish_reason"] == "stop"
+    assert 0 < answer["usage"]["completion_tokens"] < 3000
+    assert time.monotonic() - started < 30
+
+
+def test_llamacpp_native_completion(client):
+    whole = client.post("/completion", json={"prompt": PROMPT, "n_predict": 5, "seed": 3}).json()
+    assert whole["stop"] is True and whole["stop_type"] == "limit" and whole["tokens_predicted"] == 5
+    with client.stream("POST", "/completion", json={"prompt": PROMPT, "n_predict": 5, "seed": 3, "stream": True}) as r:
+        lines = [line for line in r.iter_lines() if line.startswith("data:")]
+    assert "[DONE]" not in lines[-1]
+    events = [json.loads(line.removeprefix("data:")) for line in lines]
+    assert "".join(e["content"] for e in events) == whole["content"]
+    assert events[-1]["stop"] is True and all(e["stop"] is False for e in events[:-1])
+    tokens = tokenizers.smollm2().encode(PROMPT, add_special_tokens=False)
+    by_ids = client.post("/completion", json={"prompt": tokens, "n_predict": 5, "seed": 3}).json()
+    assert by_ids["content"] == whole["content"]
+
+
+@pytest.fixture(scope="module")
+def keyed_server(adapter_folder):
+    process = ServerProcess("--api-key", "s3cret").wait_ready()
+    yield process
+    process.stop()
+
+
+def test_api_key(keyed_server):
+    url = keyed_server.url
+    assert httpx.get(f"{url}/health").status_code == 200
+    missing = httpx.get(f"{url}/v1/models")
+    assert missing.status_code == 401 and missing.json()["error"]["code"] == "invalid_api_key"
+    assert httpx.get(f"{url}/v1/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert httpx.get(f"{url}/v1/models", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    assert httpx.post(f"{url}/v1/token/encode", json={"text": "hi"}, headers={"x-api-key": "s3cret"}).status_code == 200
+    sdk = openai.OpenAI(base_url=f"{url}/v1", api_key="s3cret")
+    assert sdk.completions.create(model="any", prompt="Hi", max_tokens=2).choices[0].finish_reason == "length"
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{url}/v1", api_key="nope").models.list()
+
+
+@pytest.fixture(scope="module")
+def sdk(server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused")
+
+
+def test_openai_package_completions(sdk):
+    whole = sdk.completions.create(model="m", prompt=PROMPT, max_tokens=6, seed=4, n=2, logprobs=2)
+    assert len(whole.choices) == 2 and whole.choices[0].logprobs.token_logprobs
+    pieces = sdk.completions.create(model="m", prompt=PROMPT, max_tokens=6, seed=4, stream=True)
+    assert "".join(chunk.choices[0].text for chunk in pieces) == whole.choices[0].text
+
+
+def test_openai_package_chat(sdk):
+    messages = [{"role": "user", "name": "Anon", "content": "Hello there."}]
+    whole = sdk.chat.completions.create(model="m", messages=messages, max_tokens=6, seed=4)
+    assert whole.choices[0].message.role == "assistant"
+    pieces = sdk.chat.completions.create(model="m", messages=messages, max_tokens=6, seed=4, stream=True)
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in pieces) == whole.choices[0].message.content
+    logged = sdk.chat.completions.create(model="m", messages=messages, max_tokens=3, logprobs=True, top_logprobs=1)
+    assert len(logged.choices[0].logprobs.content) == 3
+
+
+def test_openai_package_raises_its_own_errors(sdk):
+    with pytest.raises(openai.BadRequestError) as error:
+        sdk.completions.create(model="m", prompt="hi", temperature=-1)
+    assert error.value.status_code == 400
+    with pytest.raises(openai.BadRequestError):
+        sdk.chat.completions.create(model="m", messages=[{"role": "user", "name": "a:b", "content": "x"}])
+
