@@ -85,13 +85,26 @@ class Sampler:
         self._rows[row] = state
         return row
 
+    def rewind(self, row: int, history: Sequence[int], *, generated: int) -> None:
+        """Resets a row to a shorter history (the engine backed off), keeping its parameters and generator."""
+        state = self._rows[row]
+        self._histories.start(row, history, breaker_flags(history, state.breakers))
+        state.generated = generated
+        state.recent = deque(history, maxlen=state.recent.maxlen)
+        state.occurrences.clear()
+        if state.breakers:
+            state.occurrences.extend(reversed(_last_occurrences(history, state.breakers, _OCCURRENCES_KEPT)))
+
     def remove(self, row: int) -> None:
         if self._rows.pop(row, None) is not None:
             self._free.append(row)
 
-    def sample(self, logits: torch.Tensor, rows: Sequence[int]) -> list[int]:
-        """Draws the next token of each row (one row of `logits` per entry of `rows`) and records it."""
-        processed = self.process(logits, rows)
+    def sample(
+        self, logits: torch.Tensor, rows: Sequence[int], bans: Sequence[frozenset[int]] | None = None
+    ) -> list[int]:
+        """Draws the next token of each row (one row of `logits` per entry of `rows`) and records it. `bans`:
+        tokens each row may not take at this step only."""
+        processed = self.process(logits, rows, bans)
         chosen = processed.argmax(dim=-1)
         drawn = [i for i, row in enumerate(rows) if not self._rows[row].params.greedy]
         if drawn:
@@ -102,9 +115,11 @@ class Sampler:
         self._record(rows, chosen, tokens)
         return tokens
 
-    def process(self, logits: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
+    def process(
+        self, logits: torch.Tensor, rows: Sequence[int], bans: Sequence[frozenset[int]] | None = None
+    ) -> torch.Tensor:
         """The logits after the whole chain, temperature included, for the rows' current histories."""
-        logits = self._bias_and_bans(logits.to(torch.float32, copy=True), rows)
+        logits = self._bias_and_bans(logits.to(torch.float32, copy=True), rows, bans)
         groups: dict[tuple[str, ...], list[int]] = {}
         for i, row in enumerate(rows):
             groups.setdefault(self._rows[row].params.order, []).append(i)
@@ -169,7 +184,9 @@ class Sampler:
         )
         return logits.index_copy(0, index, penalised)
 
-    def _bias_and_bans(self, logits: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
+    def _bias_and_bans(
+        self, logits: torch.Tensor, rows: Sequence[int], bans: Sequence[frozenset[int]] | None
+    ) -> torch.Tensor:
         for i, row in enumerate(rows):
             state = self._rows[row]
             params = state.params
@@ -177,7 +194,7 @@ class Sampler:
                 ids = torch.tensor(list(params.logit_bias), device=logits.device)
                 bias = torch.tensor(list(params.logit_bias.values()), device=logits.device)
                 logits[i].index_add_(0, ids, bias)
-            banned = set(params.banned_token_ids)
+            banned = set(params.banned_token_ids) | (bans[i] if bans else frozenset())
             if params.ignore_eos or state.generated < params.min_tokens:
                 banned |= self._eos_ids
             if banned:

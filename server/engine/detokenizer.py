@@ -77,3 +77,9 @@ class IncrementalDetokenizer:
         if token_id in self._skip_ids:
             return ""
         return self._decoder.decode(self._table[token_id])
+
+    def checkpoint(self) -> tuple[bytes, int]:
+        return self._decoder.getstate()
+
+    def restore(self, state: tuple[bytes, int]) -> None:
+        self._decoder.setstate(state)

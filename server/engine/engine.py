@@ -170,7 +170,8 @@ class Engine:
             logits.extend([first] * len(group))
         stepped = decoding + [sequence for group in admitted for sequence in group]
         batch = torch.cat(logits)
-        tokens = self._sampler.sample(batch, [s.row for s in stepped])
+        bans = [s.guard.bans_for(len(s.output_ids)) if s.guard else frozenset() for s in stepped]
+        tokens = self._sampler.sample(batch, [s.row for s in stepped], bans)
         self._record_logprobs(batch, stepped, tokens)
         for sequence, token in zip(stepped, tokens, strict=True):
             self._advance(sequence, token)
@@ -211,18 +212,40 @@ class Engine:
             stepped[i].pending_logprobs.append(TokenLogprob(tokens[i], chosen_values[position], alternatives))
 
     def _advance(self, sequence: Sequence, token: int) -> None:
+        if sequence.guard:
+            sequence.guard.before_token(sequence.detokenizer, sequence.stops)
         sequence.output_ids.append(token)
         self.stats.generated_tokens += 1
         if token in self.model.eos_ids:
             self._finish(sequence, sequence.stops.flush(), "stop", ended_by_token=True)
             return
         scan = sequence.stops.push(sequence.detokenizer.push(token))
-        if scan.stopped:
+        if scan.banned_at is not None:
+            self._back_off(sequence, scan.banned_at)
+        elif scan.stopped:
             self._finish(sequence, scan.release, "stop", ended_by_token=True, stop_string=scan.stop)
         elif self._out_of_room(sequence):
             self._finish(sequence, scan.release + sequence.stops.flush(), "length")
-        elif scan.release:
-            sequence.handle.deliver(sequence.output(scan.release))
+        else:
+            text = sequence.guard.sendable(scan, sequence.stops) if sequence.guard else scan.release
+            if text:
+                sequence.handle.deliver(sequence.output(text))
+
+    def _back_off(self, sequence: Sequence, banned_at: int) -> None:
+        """A banned string appeared: discard the tokens from the one that began it and sample that one again."""
+        guard = sequence.guard
+        assert guard is not None  # only requests with banned strings report one
+        if guard.exhausted:
+            self._finish(sequence, "", "stop")
+            return
+        position = guard.back_off(banned_at, sequence.output_ids, sequence.detokenizer, sequence.stops)
+        discarded = len(sequence.output_ids) - position
+        del sequence.output_ids[position:]
+        del sequence.pending_logprobs[max(len(sequence.pending_logprobs) - discarded, 0) :]
+        history = [*sequence.request.prompt_ids, *sequence.output_ids]
+        # The cache keeps every position but the last token's, which the next step feeds again.
+        self._runner.crop(sequence.id, len(history) - 1)
+        self._sampler.rewind(sequence.row, history, generated=position)
 
     def _out_of_room(self, sequence: Sequence) -> bool:
         generated = len(sequence.output_ids)
@@ -241,6 +264,8 @@ class Engine:
     ) -> None:
         if ended_by_token and sequence.pending_logprobs:
             sequence.pending_logprobs.pop()  # the EOS or stop token is not part of the returned text
+        if sequence.guard:
+            text = sequence.guard.flush(text)
         sequence.handle.deliver(sequence.output(text, reason, error, stop_string))
         self._remove(sequence)
         self.stats.finished_requests += 1

@@ -20,6 +20,7 @@ class GenerationRequest:
     turns: int = 1
     skip_special_tokens: bool = True
     logprobs: int | None = None  # report the chosen token's logprob and this many alternatives
+    banned_strings: tuple[str, ...] = ()  # never sent: the engine backs off and samples again
     client: str = ""  # who asked: KoboldCpp's abort stops that client's generations
     genkey: str | None = None  # KoboldCpp's name for one generation
 

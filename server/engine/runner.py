@@ -35,6 +35,13 @@ class ModelRunner:
         """A second sample of the same prompt starts from a copy of the prompt's KV cache: no second prefill."""
         self._caches[sequence_id] = copy.deepcopy(self._caches[source_id])
 
+    def crop(self, sequence_id: str, length: int) -> None:
+        """Keeps the first `length` positions of a sequence's KV cache (backing off a banned string)."""
+        cache = self._caches[sequence_id]
+        surplus = cache.get_seq_length() - length
+        if surplus > 0:
+            cache.crop(-surplus)  # transformers 5 takes the number of positions to drop, negated
+
     def release(self, sequence_id: str) -> None:
         self._caches.pop(sequence_id, None)
 

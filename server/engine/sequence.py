@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass, field
 
+from server.engine.banned import BannedStringGuard
 from server.engine.detokenizer import IncrementalDetokenizer
 from server.engine.handle import GenerationHandle
 from server.engine.request import FinishReason, GenerationOutput, GenerationRequest, TokenLogprob
@@ -18,9 +19,12 @@ class Sequence:
     stops: StopMatcher = field(init=False)
     output_ids: list[int] = field(default_factory=list)
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)
+    guard: BannedStringGuard | None = field(init=False)
 
     def __post_init__(self) -> None:
-        self.stops = StopMatcher(self.request.stop_strings, self.request.turn_stops, self.request.turns)
+        request = self.request
+        self.stops = StopMatcher(request.stop_strings, request.turn_stops, request.turns, request.banned_strings)
+        self.guard = BannedStringGuard() if request.banned_strings else None
 
     @property
     def id(self) -> str:
@@ -28,7 +32,8 @@ class Sequence:
 
     @property
     def last_token(self) -> int:
-        return self.output_ids[-1]
+        """The token the next decode step feeds (the prompt's last one after backing off to the start)."""
+        return self.output_ids[-1] if self.output_ids else self.request.prompt_ids[-1]
 
     def output(
         self,

@@ -5,6 +5,10 @@ be one, and never released once a stop matches. The client therefore never sees 
 
 A *turn stop* (the label mark, when a client lets the model write several turns) ends generation only at its
 `turns`-th match; earlier matches are released as text.
+
+A *banned string* is held back like a stop string; when one appears, nothing is released and the scan reports
+where it starts (`banned_at`, counted in characters from the first text ever pushed), so the engine can back off
+to the token that wrote it and sample another.
 """
 
 from collections.abc import Iterable, Sequence
@@ -17,6 +21,7 @@ class StopScan:
     held: str  # text that may still begin a stop string
     stopped: bool  # a stop string matched; `release` ends right before it
     stop: str | None = None  # which one
+    banned_at: int | None = None  # a banned string appeared, starting at this character of the whole text
 
 
 def scan_for_stops(pending: str, stops: Sequence[str]) -> StopScan:
@@ -42,21 +47,32 @@ def _prefix_overlap(text: str, stop: str) -> int:
 class StopMatcher:
     """Per-request state around `scan_for_stops`."""
 
-    def __init__(self, stops: Iterable[str], turn_stops: Iterable[str] = (), turns: int = 1) -> None:
+    def __init__(
+        self, stops: Iterable[str], turn_stops: Iterable[str] = (), turns: int = 1, banned: Iterable[str] = ()
+    ) -> None:
         self._turn_stops = frozenset(stop for stop in turn_stops if stop)
-        self._stops = tuple(dict.fromkeys([*(stop for stop in stops if stop), *sorted(self._turn_stops)]))
+        self._banned = frozenset(text for text in banned if text)
+        ordered = [*(stop for stop in stops if stop), *sorted(self._turn_stops), *sorted(self._banned)]
+        self._stops = tuple(dict.fromkeys(ordered))
         self._passes_left = turns - 1
         self._held = ""
+        self.position = 0  # characters pushed so far
 
     def push(self, text: str) -> StopScan:
+        start = self.position - len(self._held)  # where `pending` starts in the whole text
         pending, released = self._held + text, ""
         while True:
             scan = scan_for_stops(pending, self._stops)
+            if scan.stopped and scan.stop in self._banned:
+                self.position += len(text)
+                offset = start + len(released) + len(scan.release)
+                return StopScan(release="", held=self._held, stopped=False, stop=scan.stop, banned_at=offset)
             if scan.stopped and scan.stop in self._turn_stops and self._passes_left > 0:
                 self._passes_left -= 1
                 cut = len(scan.release) + len(scan.stop)
                 released, pending = released + pending[:cut], pending[cut:]
                 continue
+            self.position += len(text)
             self._held = scan.held
             return StopScan(released + scan.release, scan.held, scan.stopped, scan.stop)
 
@@ -64,3 +80,9 @@ class StopMatcher:
         """Releases the held text when generation ends for another reason: it did not become a stop."""
         held, self._held = self._held, ""
         return held
+
+    def checkpoint(self) -> tuple[str, int, int]:
+        return self._held, self._passes_left, self.position
+
+    def restore(self, checkpoint: tuple[str, int, int]) -> None:
+        self._held, self._passes_left, self.position = checkpoint

@@ -79,6 +79,9 @@ class SamplerFields(BaseModel):
     min_tokens: int | None = Field(None, ge=0, validation_alias=AliasChoices("min_tokens", "min_length"))
     ignore_eos: bool | None = None
     ban_eos_token: bool | None = None
+    banned_strings: list[str] | None = Field(
+        None, max_length=64, description="Never sent: the server backs off and samples another token."
+    )
     sampler_priority: list[str] | None = None
     samplers: list[str] | None = None
     sampler_order: list[int] | None = None

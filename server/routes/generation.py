@@ -69,6 +69,7 @@ def generation_requests(
         turns=turns,
         logprobs=logprobs,
         skip_special_tokens=skip_special_tokens,
+        banned_strings=tuple(text for text in fields.banned_strings or () if text),
         client=client,
         genkey=genkey,
     )

@@ -177,3 +177,18 @@ def test_openai_package_raises_its_own_errors(sdk):
     with pytest.raises(openai.BadRequestError):
         sdk.chat.completions.create(model="m", messages=[{"role": "user", "name": "a:b", "content": "x"}])
 
+
+def test_banned_strings_are_never_sent(client):
+    greedy = {"prompt": PROMPT, "max_tokens": 30, "temperature": 0}
+    plain = client.post("/v1/completions", json=greedy).json()["choices"][0]["text"]
+    words = plain.split()
+    banned = [words[2], words[5] + " " + words[6]]  # a word, and a phrase spanning tokens
+    assert all(b in plain for b in banned)
+    body = {**greedy, "banned_strings": banned}
+    guarded = client.post("/v1/completions", json=body).json()["choices"][0]["text"]
+    assert not any(b in guarded for b in banned)
+    first = min(plain.index(b) for b in banned)
+    assert guarded[: first - 1] == plain[: first - 1]  # the text before the first banned string is kept
+    events = stream(client, "/v1/completions", body)
+    pieces = [e["choices"][0]["text"] for e in events if isinstance(e, dict) and e["choices"]]
+    assert "".join(pieces) == guarded

@@ -78,3 +78,21 @@ def test_client_stop_ends_at_once_even_with_turns_left():
 def test_earliest_stop_wins_and_reports_which():
     scan = scan_for_stops("ab\n\n::::c", ["::::", "\n\n::::"])
     assert (scan.release, scan.stop) == ("ab", "\n\n::::")
+
+
+def test_banned_string_is_held_then_reported_where_it_starts():
+    matcher = StopMatcher(["::::"], banned=["shiver"])
+    assert matcher.push("A shi") == StopScan(release="A ", held="shi", stopped=False)
+    scan = matcher.push("ver ran")
+    assert (scan.release, scan.stopped, scan.banned_at, scan.stop) == ("", False, 2, "shiver")
+
+
+def test_checkpoint_and_restore():
+    matcher = StopMatcher([], banned=["xyz"])
+    matcher.push("ab")
+    saved = matcher.checkpoint()
+    assert matcher.push("xy").release == ""
+    assert matcher.push("z").banned_at == 2
+    matcher.restore(saved)
+    assert matcher.push("q").release == "q"
+    assert matcher.position == 3
