@@ -32,7 +32,7 @@ def create_app(settings: Settings, on_load_failure: Callable[[str], None] | None
 
     def load_engine() -> None:
         try:
-            engine = Engine(load(settings), max_running=settings.max_running)
+            engine = Engine(load(settings), max_running=settings.max_running, prefix_cache_mb=settings.prefix_cache_mb)
         except ModelLoadError as error:
             log.error("%s", error)
             if on_load_failure is not None:

@@ -61,6 +61,12 @@ class Settings(BaseSettings):
         "space and drop the reply's leading space (see the README).",
     )
     max_running: int = Field(8, ge=1, description="Requests generating at once; the rest wait in the queue.")
+    prefix_cache_mb: int = Field(
+        1024,
+        ge=0,
+        description="Memory for KV caches of finished requests, reused by prompts that start the same way "
+        "(follow-up turns, swipes); 0 turns it off.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log verbosity.")
 
     @field_validator("stop_strings")

@@ -35,6 +35,10 @@ class EngineStats:
     cached_sequences: int = 0
     generated_tokens: int = 0
     finished_requests: int = 0
+    prefilled_tokens: int = 0  # prompt tokens run through the model
+    reused_tokens: int = 0  # prompt tokens taken from the prefix cache instead
+    prefix_cache_entries: int = 0
+    prefix_cache_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -58,11 +62,12 @@ class _Shutdown:
 
 
 class Engine:
-    def __init__(self, loaded: LoadedModel, *, max_running: int) -> None:
+    def __init__(self, loaded: LoadedModel, *, max_running: int, prefix_cache_mb: int) -> None:
         self.model = loaded
         self.stats = EngineStats()
         self._max_running = max_running
-        self._runner = ModelRunner(loaded.model, loaded.device)
+        budget = prefix_cache_mb * 2**20 // kv_bytes_per_token(loaded)
+        self._runner = ModelRunner(loaded.model, loaded.device, prefix_budget_tokens=budget)
         self._token_bytes = token_bytes_table(loaded.tokenizer, loaded.vocab_size)
         self._special_ids = frozenset(loaded.tokenizer.all_special_ids)
         # Texts user content must not contain: each would be read as its special token.
@@ -267,7 +272,7 @@ class Engine:
         if sequence.guard:
             text = sequence.guard.flush(text)
         sequence.handle.deliver(sequence.output(text, reason, error, stop_string))
-        self._remove(sequence)
+        self._remove(sequence, keep_cache=reason != "error")
         self.stats.finished_requests += 1
 
     def _drop(self, matches: Callable[[Sequence], bool]) -> None:
@@ -275,12 +280,14 @@ class Engine:
             if matches(sequence):
                 self._finish(sequence, sequence.stops.flush(), "stop")
 
-    def _remove(self, sequence: Sequence) -> None:
+    def _remove(self, sequence: Sequence, *, keep_cache: bool = False) -> None:
         if sequence in self._running:
             self._running.remove(sequence)
         if sequence in self._waiting:
             self._waiting.remove(sequence)
-        self._runner.release(sequence.id)
+        # The cache holds the prompt and every generated token but the last (sampled, never fed).
+        held = [*sequence.request.prompt_ids, *sequence.output_ids][:-1] if sequence.output_ids else None
+        self._runner.release(sequence.id, held if keep_cache else None)
         if sequence.row >= 0:
             self._sampler.remove(sequence.row)
 
@@ -288,3 +295,15 @@ class Engine:
         self.stats.running = len(self._running)
         self.stats.waiting = len(self._waiting)
         self.stats.cached_sequences = self._runner.cached_sequences
+        self.stats.prefilled_tokens = self._runner.prefilled_tokens
+        self.stats.reused_tokens = self._runner.reused_tokens
+        self.stats.prefix_cache_entries = len(self._runner.prefix_cache)
+        self.stats.prefix_cache_tokens = self._runner.prefix_cache.tokens
+
+
+def kv_bytes_per_token(loaded: LoadedModel) -> int:
+    """Bytes of KV cache one token takes: keys and values of every layer."""
+    config = loaded.model.config
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return 2 * config.num_hidden_layers * heads * head_dim * loaded.dtype.itemsize

@@ -10,22 +10,35 @@ from collections.abc import Sequence
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
+from server.engine.prefix_cache import PrefixCache
+
 
 class ModelRunner:
-    def __init__(self, model: PreTrainedModel, device: torch.device) -> None:
+    def __init__(self, model: PreTrainedModel, device: torch.device, prefix_budget_tokens: int) -> None:
         self._model = model
         self._device = device
         self._caches: dict[str, DynamicCache] = {}
+        self._prefixes = PrefixCache(prefix_budget_tokens)
+        self.prefilled_tokens = 0
+        self.reused_tokens = 0
+
+    @property
+    def prefix_cache(self) -> PrefixCache:
+        return self._prefixes
 
     @property
     def cached_sequences(self) -> int:
         return len(self._caches)
 
     def prefill(self, sequence_id: str, token_ids: Sequence[int]) -> torch.Tensor:
-        """Runs the whole prompt, keeps its KV cache, and returns the next-token logits (vocab,)."""
-        cache = DynamicCache(config=self._model.config)
+        """Runs the prompt (only the part past the longest cached prefix), keeps its KV cache, and returns the
+        next-token logits (vocab,)."""
+        cache, reused = self._prefixes.take(token_ids)
+        cache = cache or DynamicCache(config=self._model.config)
         self._caches[sequence_id] = cache
-        return self._forward(token_ids, cache)[0]
+        self.prefilled_tokens += len(token_ids) - reused
+        self.reused_tokens += reused
+        return self._forward(token_ids[reused:], cache)[0]
 
     def decode(self, steps: Sequence[tuple[str, int]]) -> torch.Tensor:
         """Feeds each (sequence id, last token) pair and returns their next-token logits, one row each."""
@@ -42,8 +55,11 @@ class ModelRunner:
         if surplus > 0:
             cache.crop(-surplus)  # transformers 5 takes the number of positions to drop, negated
 
-    def release(self, sequence_id: str) -> None:
-        self._caches.pop(sequence_id, None)
+    def release(self, sequence_id: str, token_ids: Sequence[int] | None = None) -> None:
+        """Frees a sequence's cache, keeping it for later prompts when `token_ids` (what it holds) are given."""
+        cache = self._caches.pop(sequence_id, None)
+        if cache is not None and token_ids is not None and cache.get_seq_length() == len(token_ids):
+            self._prefixes.put(tuple(token_ids), cache)
 
     def _forward(self, token_ids: Sequence[int], cache: DynamicCache) -> torch.Tensor:
         input_ids = torch.tensor([list(token_ids)], device=self._device)

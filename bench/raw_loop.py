@@ -1,0 +1,61 @@
+"""The floor for `bench/serve.py`: the bare model loop on the same model and prompt shape, one stream, no server,
+no sampling chain (arg-max), a KV cache and nothing else.
+
+    .venv/bin/python -m bench.raw_loop [--history-tokens 2000] [--new-tokens 50] [--max-tokens 64]
+"""
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from transformers import DynamicCache
+
+from bench.serve import new_turn, roleplay_history
+from server.engine.loader import load
+from server.engine.tokenization import encode_prompt
+from server.settings import Settings
+
+
+@torch.inference_mode()
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--history-tokens", type=int, default=2000)
+    parser.add_argument("--new-tokens", type=int, default=50)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "raw-loop.json")
+    args = parser.parse_args()
+
+    loaded = load(Settings(_cli_parse_args=[]))
+    model = loaded.model
+    prompt = roleplay_history(1000, args.history_tokens) + new_turn(1000, args.new_tokens)
+    ids = torch.tensor([encode_prompt(loaded.tokenizer, prompt, add_bos=True)])
+    cache = DynamicCache(config=model.config)
+    started = time.perf_counter()
+    logits = model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+    token = logits.argmax(-1, keepdim=True)
+    ttft = time.perf_counter() - started
+    gaps = []
+    for _ in range(args.max_tokens - 1):
+        step = time.perf_counter()
+        logits = model(input_ids=token, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        token = logits.argmax(-1, keepdim=True)
+        token.item()  # the server reads each token back too
+        gaps.append(time.perf_counter() - step)
+    result = {
+        "label": "raw-loop",
+        "prompt_tokens": ids.shape[1],
+        "ttft_s": round(ttft, 3),
+        "itl_median_ms": round(statistics.median(gaps) * 1000, 1),
+        "throughput_tok_s": round(args.max_tokens / (ttft + sum(gaps)), 2),
+        "decode_tok_s": round(len(gaps) / sum(gaps), 2),
+    }
+    print(json.dumps(result))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

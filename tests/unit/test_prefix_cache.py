@@ -1,0 +1,67 @@
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from server.engine.prefix_cache import PrefixCache, common_prefix
+from server.engine.runner import ModelRunner
+
+
+def tiny_runner(budget: int = 1000) -> ModelRunner:
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+    )
+    return ModelRunner(LlamaForCausalLM(config).eval(), torch.device("cpu"), prefix_budget_tokens=budget)
+
+
+def test_common_prefix():
+    assert common_prefix([1, 2, 3], [1, 2, 4]) == 2
+    assert common_prefix(list(range(1000)), [*range(700), 5]) == 700
+    assert common_prefix([], [1]) == 0
+
+
+@torch.inference_mode()
+def test_follow_up_prefills_only_new_tokens_with_the_same_logits():
+    runner = tiny_runner()
+    first = list(range(1, 40))
+    runner.prefill("a", first)
+    runner.release("a", first)
+    follow_up = [*first, 50, 51, 52]
+    cached = runner.prefill("b", follow_up)
+    assert (runner.reused_tokens, runner.prefilled_tokens) == (39, 39 + 3)
+    cold = tiny_runner(budget=0).prefill("c", follow_up)
+    torch.testing.assert_close(cached, cold, atol=1e-5, rtol=1e-5)
+
+
+@torch.inference_mode()
+def test_swipe_prefills_one_token():
+    runner = tiny_runner()
+    prompt = list(range(1, 30))
+    cold = runner.prefill("a", prompt)
+    runner.release("a", prompt)
+    again = runner.prefill("b", prompt)
+    assert runner.reused_tokens == 28 and runner.prefilled_tokens == 29 + 1
+    torch.testing.assert_close(again, cold, atol=1e-5, rtol=1e-5)
+
+
+@torch.inference_mode()
+def test_budget_and_superseded_entries():
+    runner = tiny_runner(budget=50)
+    cache = runner.prefix_cache
+    for name, ids in (("a", list(range(1, 21))), ("b", list(range(1, 31)))):
+        runner.prefill(name, ids)
+        runner.release(name, ids)
+    assert len(cache) == 1 and cache.tokens == 30  # the longer entry replaced its prefix
+    runner.prefill("c", list(range(33, 63)))
+    runner.release("c", list(range(33, 63)))
+    assert cache.tokens <= 50 and len(cache) == 1  # the older entry went out to respect the budget
+
+
+def test_nothing_kept_without_budget():
+    cache = PrefixCache(budget_tokens=0)
+    assert cache.take([1, 2, 3]) == (None, 0)
