@@ -1,0 +1,120 @@
+"""One KV cache for every running sequence, so a decode step is one batched forward.
+
+Rows have different lengths: each row is left-padded to the common length, and an attention mask marks which
+positions are real (1) or padding (0). A row that backs off (banned strings) turns its discarded positions into
+masked holes instead of moving data. RoPE positions are tracked per row, so padding and holes never shift them.
+"""
+
+from collections.abc import Sequence
+
+import torch
+from transformers import DynamicCache
+
+
+def _layers(cache: DynamicCache) -> list:
+    return [layer for layer in cache.layers if layer.keys is not None]
+
+
+def _pad_left(tensor: torch.Tensor, amount: int, dim: int) -> torch.Tensor:
+    if amount == 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = amount
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
+
+
+class BatchCache:
+    def __init__(self, config: object, device: torch.device) -> None:
+        self._config = config
+        self._device = device
+        self.cache: DynamicCache | None = None
+        self.mask = torch.zeros(0, 0, dtype=torch.long, device=device)
+        self.rows: list[str] = []
+        self.positions: list[int] = []  # next RoPE position of each row (its count of real tokens)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def join(self, row_id: str, cache: DynamicCache) -> None:
+        """Adds a prefilled sequence (its own cache, all positions real) as the last row."""
+        length = cache.get_seq_length()
+        mask = torch.ones(1, length, dtype=torch.long, device=self._device)
+        if self.cache is None:
+            self.cache, self.mask = cache, mask
+        else:
+            width = max(self.mask.shape[1], length)
+            grow, pad = width - self.mask.shape[1], width - length
+            for batch_layer, row_layer in zip(_layers(self.cache), _layers(cache), strict=True):
+                batch_layer.keys = torch.cat([_pad_left(batch_layer.keys, grow, 2), _pad_left(row_layer.keys, pad, 2)])
+                batch_layer.values = torch.cat(
+                    [_pad_left(batch_layer.values, grow, 2), _pad_left(row_layer.values, pad, 2)]
+                )
+            self.mask = torch.cat([_pad_left(self.mask, grow, 1), _pad_left(mask, pad, 1)])
+        self.rows.append(row_id)
+        self.positions.append(length)
+
+    def duplicate(self, source_id: str, row_id: str) -> None:
+        """A second sample of a prompt starts from a copy of its row."""
+        index = self.rows.index(source_id)
+        assert self.cache is not None
+        for layer in _layers(self.cache):
+            layer.keys = torch.cat([layer.keys, layer.keys[index : index + 1]])
+            layer.values = torch.cat([layer.values, layer.values[index : index + 1]])
+        self.mask = torch.cat([self.mask, self.mask[index : index + 1]])
+        self.rows.append(row_id)
+        self.positions.append(self.positions[index])
+
+    def step_inputs(self, tokens: dict[str, int]) -> dict:
+        """Model inputs for one decode step of every row: each row's last token, mask and position."""
+        input_ids = torch.tensor([[tokens[row]] for row in self.rows], device=self._device)
+        self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.rows), 1)], dim=1)
+        positions = torch.tensor(self.positions, device=self._device).unsqueeze(1)
+        self.positions = [p + 1 for p in self.positions]
+        return {"input_ids": input_ids, "attention_mask": self.mask, "position_ids": positions, "cache": self.cache}
+
+    def forget_last(self, row_id: str, count: int) -> None:
+        """Masks out a row's last `count` real positions (a back-off), leaving holes the attention skips."""
+        index = self.rows.index(row_id)
+        real = self.mask[index].nonzero().flatten()
+        if count > 0:
+            self.mask[index, real[-count:]] = 0
+            self.positions[index] -= count
+
+    def extract(self, row_id: str) -> DynamicCache:
+        """A standalone cache of one row's real positions (for the prefix cache)."""
+        index = self.rows.index(row_id)
+        assert self.cache is not None
+        real = self.mask[index].nonzero().flatten()
+        extracted = DynamicCache(config=self._config)
+        for layer_index, layer in enumerate(_layers(self.cache)):
+            extracted.update(
+                layer.keys[index : index + 1, :, real], layer.values[index : index + 1, :, real], layer_index
+            )
+        return extracted
+
+    def remove(self, row_id: str) -> None:
+        index = self.rows.index(row_id)
+        keep = [i for i in range(len(self.rows)) if i != index]
+        del self.rows[index], self.positions[index]
+        if not keep:
+            self.cache, self.mask = None, self.mask[:0, :0]
+            return
+        assert self.cache is not None
+        kept = torch.tensor(keep, device=self._device)
+        mask = self.mask.index_select(0, kept)
+        # Columns that no remaining row uses any more (its own padding and holes) are dropped from the front.
+        used = mask.any(dim=0).nonzero()
+        start = int(used[0]) if len(used) else mask.shape[1]
+        for layer in _layers(self.cache):
+            layer.keys = layer.keys.index_select(0, kept)[:, :, start:]
+            layer.values = layer.values.index_select(0, kept)[:, :, start:]
+        self.mask = mask[:, start:]
+
+    def real_length(self, row_id: str) -> int:
+        return self.positions[self.rows.index(row_id)]
+
+
+def order_of(rows: Sequence[str], wanted: Sequence[str]) -> list[int]:
+    """Where each of `wanted` sits among `rows`."""
+    where = {row: index for index, row in enumerate(rows)}
+    return [where[row] for row in wanted]

@@ -1,0 +1,98 @@
+"""Batched decode over one shared, left-padded cache gives each sequence what it would get alone."""
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from server.engine.runner import ModelRunner
+
+
+def tiny_model() -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def greedy_alone(model, prompt: list[int], steps: int) -> list[int]:
+    runner = ModelRunner(model, torch.device("cpu"), prefix_budget_tokens=0)
+    tokens = [int(runner.prefill("x", prompt).argmax())]
+    for _ in range(steps - 1):
+        tokens.append(int(runner.decode([("x", tokens[-1])])[0].argmax()))
+    return tokens
+
+
+@torch.inference_mode()
+def test_rows_of_different_lengths_joining_and_leaving_mid_batch():
+    model = tiny_model()
+    prompts = {"a": list(range(1, 30)), "b": list(range(5, 12)), "c": [3, 9, 27, 17, 50]}
+    expected = {name: greedy_alone(model, prompt, 12) for name, prompt in prompts.items()}
+    runner = ModelRunner(model, torch.device("cpu"), prefix_budget_tokens=0)
+    got = {"a": [int(runner.prefill("a", prompts["a"]).argmax())]}
+    got["b"] = [int(runner.prefill("b", prompts["b"]).argmax())]
+    for step in range(11):
+        if step == 4:  # "c" joins while the others are mid-way
+            got["c"] = [int(runner.prefill("c", prompts["c"]).argmax())]
+        live = [name for name in got if len(got[name]) < 12]
+        logits = runner.decode([(name, got[name][-1]) for name in live])
+        for name, row in zip(live, logits, strict=True):
+            got[name].append(int(row.argmax()))
+        for name in live:
+            if len(got[name]) == 12:
+                runner.release(name)
+    while len(got["c"]) < 12:
+        got["c"].append(int(runner.decode([("c", got["c"][-1])])[0].argmax()))
+    assert got == expected
+    runner.release("c")
+    assert runner.cached_sequences == 0
+
+
+@torch.inference_mode()
+def test_backing_off_equals_a_cold_start_on_the_shorter_history():
+    model = tiny_model()
+    runner = ModelRunner(model, torch.device("cpu"), prefix_budget_tokens=0)
+    prompt = list(range(1, 20))
+    other = list(range(30, 36))
+    runner.prefill("other", other)
+    tokens = [int(runner.prefill("x", prompt).argmax())]
+    for _ in range(5):
+        logits = runner.decode([("other", 1), ("x", tokens[-1])])
+        tokens.append(int(logits[1].argmax()))
+    # Back off to 2 generated tokens: the cache keeps prompt + tokens[:1]; tokens[1] is fed again.
+    runner.crop("x", len(prompt) + 1)
+    again = runner.decode([("other", 1), ("x", tokens[1])])[1]
+    cold = ModelRunner(model, torch.device("cpu"), prefix_budget_tokens=0).prefill("y", prompt + tokens[:2])
+    torch.testing.assert_close(again, cold, atol=1e-5, rtol=1e-5)
+
+
+@torch.inference_mode()
+def test_forked_samples_continue_like_their_source():
+    model = tiny_model()
+    runner = ModelRunner(model, torch.device("cpu"), prefix_budget_tokens=0)
+    first = runner.prefill("s0", list(range(1, 15)))
+    runner.fork("s0", "s1")
+    token = int(first.argmax())
+    logits = runner.decode([("s0", token), ("s1", token)])
+    torch.testing.assert_close(logits[0], logits[1])
+
+
+@torch.inference_mode()
+def test_finished_rows_feed_the_prefix_cache():
+    model = tiny_model()
+    runner = ModelRunner(model, torch.device("cpu"), prefix_budget_tokens=1000)
+    prompt = list(range(1, 25))
+    runner.prefill("a", list(range(40, 50)))
+    cold = runner.prefill("b", prompt)
+    token = int(cold.argmax())
+    runner.decode([("a", 1), ("b", token)])
+    runner.release("b", [*prompt, token])
+    warm = runner.prefill("c", [*prompt, token, 7])
+    reference = ModelRunner(model, torch.device("cpu"), prefix_budget_tokens=0).prefill("d", [*prompt, token, 7])
+    assert runner.reused_tokens == len(prompt) + 1
+    torch.testing.assert_close(warm, reference, atol=1e-5, rtol=1e-5)
