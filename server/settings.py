@@ -67,6 +67,12 @@ class Settings(BaseSettings):
         description="Memory for KV caches of finished requests, reused by prompts that start the same way "
         "(follow-up turns, swipes); 0 turns it off.",
     )
+    prefill_chunk: int = Field(
+        512,
+        ge=16,
+        description="Prompt tokens prefilled per step while other requests are generating, so a long new prompt "
+        "does not stall their streams.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log verbosity.")
 
     @field_validator("stop_strings")

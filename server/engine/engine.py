@@ -8,6 +8,7 @@ at the start of the next step, which also frees the request's KV cache.
 import asyncio
 import logging
 import queue
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -62,10 +63,14 @@ class _Shutdown:
 
 
 class Engine:
-    def __init__(self, loaded: LoadedModel, *, max_running: int, prefix_cache_mb: int) -> None:
+    def __init__(
+        self, loaded: LoadedModel, *, max_running: int, prefix_cache_mb: int, prefill_chunk: int = 512
+    ) -> None:
         self.model = loaded
         self.stats = EngineStats()
         self._max_running = max_running
+        self._prefill_chunk = prefill_chunk
+        self._prefilling: deque[list[Sequence]] = deque()
         budget = prefix_cache_mb * 2**20 // kv_bytes_per_token(loaded)
         self._runner = ModelRunner(loaded.model, loaded.device, prefix_budget_tokens=budget)
         self._token_bytes = token_bytes_table(loaded.tokenizer, loaded.vocab_size)
@@ -163,23 +168,35 @@ class Engine:
             self._update_stats()
 
     def _step(self) -> None:
-        decoding = list(self._running)
-        admitted = self._admit()
-        logits = []
+        """One decode step for every prefilled request, then prompt prefill within the chunk budget (all of it
+        when nothing is decoding), so a long new prompt never stalls the streams already running."""
+        decoding = [s for s in self._running if s.prefilled]
+        self._prefilling.extend(self._admit())
+        logits, stepped = [], list(decoding)
         if decoding:
             logits.append(self._runner.decode([(s.id, s.last_token) for s in decoding]))
-        for group in admitted:
-            first = self._runner.prefill(group[0].id, group[0].request.prompt_ids).unsqueeze(0)
+        budget = self._prefill_chunk if decoding else sys.maxsize
+        while self._prefilling and budget > 0:
+            group = self._prefilling[0]
+            spent = min(budget, self._runner.prefill_remaining(group[0].id))
+            first = self._runner.prefill_chunk(group[0].id, budget)
+            budget -= spent
+            if first is None:
+                break
+            self._prefilling.popleft()
             for sibling in group[1:]:
                 self._runner.fork(group[0].id, sibling.id)
-            logits.extend([first] * len(group))
-        stepped = decoding + [sequence for group in admitted for sequence in group]
-        batch = torch.cat(logits)
-        bans = [s.guard.bans_for(len(s.output_ids)) if s.guard else frozenset() for s in stepped]
-        tokens = self._sampler.sample(batch, [s.row for s in stepped], bans)
-        self._record_logprobs(batch, stepped, tokens)
-        for sequence, token in zip(stepped, tokens, strict=True):
-            self._advance(sequence, token)
+            for sequence in group:
+                sequence.prefilled = True
+            logits.extend([first.unsqueeze(0)] * len(group))
+            stepped.extend(group)
+        if stepped:
+            batch = torch.cat(logits)
+            bans = [s.guard.bans_for(len(s.output_ids)) if s.guard else frozenset() for s in stepped]
+            tokens = self._sampler.sample(batch, [s.row for s in stepped], bans)
+            self._record_logprobs(batch, stepped, tokens)
+            for sequence, token in zip(stepped, tokens, strict=True):
+                self._advance(sequence, token)
         self._update_stats()
 
     def _admit(self) -> list[list[Sequence]]:
@@ -195,6 +212,7 @@ class Engine:
                 self._waiting.remove(sequence)
                 self._running.append(sequence)
                 sequence.row = self._sampler.add(sequence.request.prompt_ids, sequence.request.params)
+            self._runner.start_prefill(group[0].id, group[0].request.prompt_ids)
             admitted.append(group)
         return admitted
 
@@ -281,6 +299,7 @@ class Engine:
                 self._finish(sequence, sequence.stops.flush(), "stop")
 
     def _remove(self, sequence: Sequence, *, keep_cache: bool = False) -> None:
+        self._leave_prefill(sequence)
         if sequence in self._running:
             self._running.remove(sequence)
         if sequence in self._waiting:
@@ -290,6 +309,17 @@ class Engine:
         self._runner.release(sequence.id, held if keep_cache else None)
         if sequence.row >= 0:
             self._sampler.remove(sequence.row)
+
+    def _leave_prefill(self, sequence: Sequence) -> None:
+        """Takes a request out of its prefill group; a sample group that loses its leader restarts with the next."""
+        for group in list(self._prefilling):
+            if sequence not in group:
+                continue
+            group.remove(sequence)
+            if not group:
+                self._prefilling.remove(group)
+            elif group[0].id not in self._runner.pending_ids:
+                self._runner.start_prefill(group[0].id, group[0].request.prompt_ids)
 
     def _update_stats(self) -> None:
         self.stats.running = len(self._running)

@@ -1,10 +1,12 @@
 """Runs the model forward passes: prefill of a prompt, then one batched decode step for every running sequence.
 
-A prompt is prefilled on its own cache (starting from the longest cached prefix), then joins the shared batch
-cache; each decode step is one forward over all rows.
+A prompt is prefilled on its own cache (starting from the longest cached prefix), in chunks so that a long prompt
+does not stall the running streams, then joins the shared batch cache; each decode step is one forward over all
+rows.
 """
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
@@ -13,11 +15,21 @@ from server.engine.batch_cache import BatchCache, order_of
 from server.engine.prefix_cache import PrefixCache
 
 
+@dataclass
+class _Prefill:
+    """A prompt being prefilled chunk by chunk on its own cache, before it joins the batch."""
+
+    cache: DynamicCache
+    token_ids: Sequence[int]
+    done: int
+
+
 class ModelRunner:
     def __init__(self, model: PreTrainedModel, device: torch.device, prefix_budget_tokens: int) -> None:
         self._model = model
         self._device = device
         self._batch = BatchCache(model.config, device)
+        self._pending: dict[str, _Prefill] = {}
         self._prefixes = PrefixCache(prefix_budget_tokens)
         self.prefilled_tokens = 0
         self.reused_tokens = 0
@@ -27,19 +39,43 @@ class ModelRunner:
         return self._prefixes
 
     @property
+    def pending_ids(self) -> set[str]:
+        return set(self._pending)
+
+    @property
     def cached_sequences(self) -> int:
-        return len(self._batch)
+        return len(self._batch) + len(self._pending)
 
     def prefill(self, sequence_id: str, token_ids: Sequence[int]) -> torch.Tensor:
-        """Runs the prompt (only the part past the longest cached prefix), adds the sequence to the batch, and
-        returns its next-token logits (vocab,)."""
+        """The whole prompt at once: `start_prefill`, then `prefill_chunk` until it is done."""
+        self.start_prefill(sequence_id, token_ids)
+        while (logits := self.prefill_chunk(sequence_id, len(token_ids))) is None:
+            pass
+        return logits
+
+    def start_prefill(self, sequence_id: str, token_ids: Sequence[int]) -> None:
+        """Begins a prompt from the longest cached prefix; `prefill_chunk` runs the rest."""
         cache, reused = self._prefixes.take(token_ids)
-        cache = cache or DynamicCache(config=self._model.config)
-        self.prefilled_tokens += len(token_ids) - reused
+        self._pending[sequence_id] = _Prefill(cache or DynamicCache(config=self._model.config), token_ids, reused)
         self.reused_tokens += reused
-        input_ids = torch.tensor([list(token_ids[reused:])], device=self._device)
-        logits = self._model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1).logits[0, -1]
-        self._batch.join(sequence_id, cache)
+
+    def prefill_remaining(self, sequence_id: str) -> int:
+        pending = self._pending[sequence_id]
+        return len(pending.token_ids) - pending.done
+
+    def prefill_chunk(self, sequence_id: str, budget: int) -> torch.Tensor | None:
+        """Runs up to `budget` more prompt tokens. When the prompt is done, the sequence joins the batch and its
+        next-token logits (vocab,) are returned; before that, None."""
+        pending = self._pending[sequence_id]
+        chunk = pending.token_ids[pending.done : pending.done + budget]
+        input_ids = torch.tensor([list(chunk)], device=self._device)
+        logits = self._model(input_ids=input_ids, cache=pending.cache, use_cache=True, logits_to_keep=1).logits[0, -1]
+        pending.done += len(chunk)
+        self.prefilled_tokens += len(chunk)
+        if pending.done < len(pending.token_ids):
+            return None
+        del self._pending[sequence_id]
+        self._batch.join(sequence_id, pending.cache)
         return logits
 
     def decode(self, steps: Sequence[tuple[str, int]]) -> torch.Tensor:
@@ -62,6 +98,7 @@ class ModelRunner:
 
     def release(self, sequence_id: str, token_ids: Sequence[int] | None = None) -> None:
         """Frees a sequence's rows, keeping its cache for later prompts when `token_ids` (what it holds) are given."""
+        self._pending.pop(sequence_id, None)
         if sequence_id not in self._batch.rows:
             return
         keep = token_ids is not None and self._prefixes.budget_tokens > 0

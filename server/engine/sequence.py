@@ -16,6 +16,7 @@ class Sequence:
     detokenizer: IncrementalDetokenizer
     group: str | None = None  # samples of one prompt (n > 1) share its prefill
     row: int = -1  # the sampler row, once admitted
+    prefilled: bool = False  # its prompt is in the batch cache: it advances with every decode step
     stops: StopMatcher = field(init=False)
     output_ids: list[int] = field(default_factory=list)
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)

@@ -1,0 +1,68 @@
+"""Continuous batching through the server: concurrent requests get the tokens they would get alone, a long new
+prompt is prefilled in chunks between the running streams' steps, and nothing is left behind."""
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+
+from tests import tokenizers
+from tests.integration.sse import data_events
+
+PROMPTS = [
+    "The lighthouse keeper looked at the sea and said",
+    '::::user:Anon: "Hello," said Anon.\n\n::::assistant:Greta:',
+    "Once upon a time, in a harbour town far to the north,",
+]
+
+
+def greedy(url: str, prompt: str) -> str:
+    body = {"prompt": prompt, "max_tokens": 24, "temperature": 0, "stop": []}
+    return httpx.post(f"{url}/v1/completions", json=body, timeout=300).json()["choices"][0]["text"]
+
+
+def test_concurrent_requests_get_the_tokens_they_get_alone(server):
+    alone = [greedy(server.url, prompt) for prompt in PROMPTS]
+    with ThreadPoolExecutor(len(PROMPTS)) as pool:
+        together = list(pool.map(lambda p: greedy(server.url, p), PROMPTS))
+    assert together == alone
+    health = server.health()
+    assert (health["running"], health["waiting"], health["cached_sequences"]) == (0, 0, 0)
+
+
+def test_a_long_prompt_is_prefilled_between_the_running_streams_steps(server):
+    tokenizer = tokenizers.smollm2()
+    (label_mark,) = tokenizer.encode("::::", add_special_tokens=False)
+    endless = {
+        "prompt": "Once upon a time",
+        "max_tokens": 4000,
+        "ban_eos_token": True,
+        "logit_bias": {str(label_mark): -100},
+        "stream": True,
+    }
+    long_prompt = " ".join(f"The keeper counted ship number {i}." for i in range(400))  # ~3,000 tokens
+    progress: dict[str, int] = {}
+    with (
+        httpx.Client(base_url=server.url, timeout=300) as http,
+        http.stream("POST", "/v1/completions", json=endless) as running,
+    ):
+        events = data_events(running.iter_lines())
+        next(events)  # the stream is decoding
+
+        def long_request() -> None:
+            progress["before"] = server.health()["generated_tokens"]
+            http.post("/v1/completions", json={"prompt": long_prompt, "max_tokens": 1, "stop": []})
+            progress["after"] = server.health()["generated_tokens"]
+
+        worker = threading.Thread(target=long_request)
+        worker.start()
+        while worker.is_alive():
+            next(events)  # keep reading so the stream is never blocked by its client
+        worker.join()
+    # With the prompt prefilled in 512-token chunks, the running stream advanced between chunks.
+    assert progress["after"] - progress["before"] >= 4
+    deadline = time.monotonic() + 10
+    while server.health()["cached_sequences"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.health()["cached_sequences"] == 0
