@@ -28,8 +28,8 @@ from server.protocol.chat import (
 )
 from server.protocol.completions import Usage
 from server.protocol.fields import ignored_fields_header
-from server.routes.delivery import ClientDisconnected, collect, disconnected_response, error_event, merged, sse_response
-from server.routes.generation import finish_error, generation_requests, response_id, without_leading_space
+from server.routes.delivery import disconnected_response, error_event, merged, sse_response
+from server.routes.generation import completed, generation_requests, response_id, without_leading_space
 from server.state import ready_engine, server_state
 
 router = APIRouter()
@@ -85,11 +85,9 @@ async def create_chat_completion(
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         chunks = _chunks(handles, engine, request_id, state.model_name, prompt, several, include_usage, body.logprobs)
         return sse_response(chunks, headers=headers)
-    try:
-        samples = await collect(handles, request)
-    except ClientDisconnected:
+    samples = await completed(handles, request)
+    if samples is None:
         return disconnected_response()
-    finish_error(samples)
     response.headers.update(headers)
     choices = []
     for index, outputs in enumerate(samples):

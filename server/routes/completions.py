@@ -18,14 +18,8 @@ from server.protocol.completions import (
     Usage,
 )
 from server.protocol.fields import ignored_fields_header
-from server.routes.delivery import ClientDisconnected, collect, disconnected_response, error_event, merged, sse_response
-from server.routes.generation import (
-    finish_error,
-    generation_requests,
-    response_id,
-    truncated_left,
-    without_leading_space,
-)
+from server.routes.delivery import disconnected_response, error_event, merged, sse_response
+from server.routes.generation import completed, generation_requests, response_id, truncated_left, without_leading_space
 from server.state import ready_engine, server_state
 
 router = APIRouter()
@@ -70,11 +64,9 @@ async def create_completion(
         outputs = [without_leading_space(h) if trim else h for h in handles]
         events = _chunks(handles, outputs, engine, request_id, state.model_name, echo, include_usage, body.logprobs)
         return sse_response(events, headers=headers)
-    try:
-        samples = await collect(handles, request)
-    except ClientDisconnected:
+    samples = await completed(handles, request)
+    if samples is None:
         return disconnected_response()
-    finish_error(samples)
     response.headers.update(headers)
     choices = []
     for index, outputs in enumerate(samples):

@@ -4,12 +4,16 @@ import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Sequence
 
+from fastapi import Request
+
 from prompting import drop_reply_space
 from sampling import SamplingParamsError
 from server.engine.engine import Engine
+from server.engine.handle import GenerationHandle
 from server.engine.request import GenerationOutput, GenerationRequest
 from server.errors import APIError
 from server.protocol.sampling import SamplerFields
+from server.routes.delivery import ClientDisconnected, collect
 from server.state import ServerState
 
 
@@ -116,8 +120,14 @@ def without_leading_space(outputs: AsyncIterator[GenerationOutput]) -> AsyncIter
     return trimmed()
 
 
-def finish_error(samples: Sequence[Sequence[GenerationOutput]]) -> None:
-    """A non-streamed request whose generation failed in the engine answers 500 with the engine's reason."""
+async def completed(handles: list[GenerationHandle], request: Request) -> list[list[GenerationOutput]] | None:
+    """Every sample's outputs of a non-streamed request; None when the client went away first. A generation that
+    failed in the engine answers 500 with the engine's reason."""
+    try:
+        samples = await collect(handles, request)
+    except ClientDisconnected:
+        return None
     for outputs in samples:
         if outputs[-1].error:
             raise APIError(500, outputs[-1].error)
+    return samples

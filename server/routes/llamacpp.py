@@ -11,8 +11,8 @@ from server.engine.request import GenerationOutput
 from server.engine.tokenization import encode_prompt, with_bos
 from server.protocol.fields import ignored_fields_header
 from server.protocol.llamacpp import LlamaCppCompletionRequest, stop_type
-from server.routes.delivery import ClientDisconnected, collect, disconnected_response, error_event, merged, sse_response
-from server.routes.generation import finish_error, generation_requests
+from server.routes.delivery import disconnected_response, error_event, merged, sse_response
+from server.routes.generation import completed, generation_requests
 from server.state import ready_engine, server_state
 
 router = APIRouter()
@@ -44,11 +44,9 @@ async def llamacpp_completion(body: LlamaCppCompletionRequest, request: Request)
     headers = ignored_fields_header(body)
     if body.stream:
         return sse_response(_events(handles, state.model_name), headers=headers, done=False)
-    try:
-        samples = await collect(handles, request)
-    except ClientDisconnected:
+    samples = await completed(handles, request)
+    if samples is None:
         return disconnected_response()
-    finish_error(samples)
     answers = [
         _final("".join(o.text for o in outputs), outputs[-1], state.model_name, index)
         for index, outputs in enumerate(samples)

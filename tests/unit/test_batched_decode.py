@@ -1,23 +1,9 @@
 """Batched decode over one shared, left-padded cache gives each sequence what it would get alone."""
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from server.engine.runner import ModelRunner
-
-
-def tiny_model() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-    )
-    return LlamaForCausalLM(config).eval()
+from tests.toy import tiny_llama
 
 
 def greedy_alone(model, prompt: list[int], steps: int) -> list[int]:
@@ -30,7 +16,7 @@ def greedy_alone(model, prompt: list[int], steps: int) -> list[int]:
 
 @torch.inference_mode()
 def test_rows_of_different_lengths_joining_and_leaving_mid_batch():
-    model = tiny_model()
+    model = tiny_llama()
     prompts = {"a": list(range(1, 30)), "b": list(range(5, 12)), "c": [3, 9, 27, 17, 50]}
     expected = {name: greedy_alone(model, prompt, 12) for name, prompt in prompts.items()}
     runner = ModelRunner(model, torch.device("cpu"), prefix_budget_tokens=0)
@@ -55,7 +41,7 @@ def test_rows_of_different_lengths_joining_and_leaving_mid_batch():
 
 @torch.inference_mode()
 def test_backing_off_equals_a_cold_start_on_the_shorter_history():
-    model = tiny_model()
+    model = tiny_llama()
     runner = ModelRunner(model, torch.device("cpu"), prefix_budget_tokens=0)
     prompt = list(range(1, 20))
     other = list(range(30, 36))
@@ -73,7 +59,7 @@ def test_backing_off_equals_a_cold_start_on_the_shorter_history():
 
 @torch.inference_mode()
 def test_forked_samples_continue_like_their_source():
-    model = tiny_model()
+    model = tiny_llama()
     runner = ModelRunner(model, torch.device("cpu"), prefix_budget_tokens=0)
     first = runner.prefill("s0", list(range(1, 15)))
     runner.fork("s0", "s1")
@@ -84,7 +70,7 @@ def test_forked_samples_continue_like_their_source():
 
 @torch.inference_mode()
 def test_finished_rows_feed_the_prefix_cache():
-    model = tiny_model()
+    model = tiny_llama()
     runner = ModelRunner(model, torch.device("cpu"), prefix_budget_tokens=1000)
     prompt = list(range(1, 25))
     runner.prefill("a", list(range(40, 50)))

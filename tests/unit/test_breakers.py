@@ -1,15 +1,10 @@
 from sampling.breakers import BreakerCache, analyse_breakers, shared_breaker_cache
+from tests.toy import greedy_tokenizer
 
 VOCAB = ["a", ":", "::", "::::", "x:", "\n", ".\n\n", "b"]
 
 
-def tokenize(text: str) -> list[int]:
-    ids, i = [], 0
-    while i < len(text):
-        piece = max((v for v in VOCAB if text.startswith(v, i)), key=len)
-        ids.append(VOCAB.index(piece))
-        i += len(piece)
-    return ids
+tokenize = greedy_tokenizer(VOCAB)
 
 
 def test_tokens_containing_a_breaker_are_single_breakers():

@@ -13,20 +13,14 @@ from sampling.dry import dry_penalties
 from sampling.reference import reference_dry
 from server.engine.detokenizer import token_bytes_table, token_texts
 from tests import tokenizers
+from tests.toy import greedy_tokenizer
 
 LETTERS = [chr(c) for c in range(ord("a"), ord("z") + 1)]
 VOCAB = [*LETTERS, "\n", ":", "::", "::::", "x:", *(f"w{i}" for i in range(60))]
 CARD = {"multiplier": 0.8, "base": 1.75, "allowed_length": 2, "penalty_last_n": 0}
 
 
-def tokenize(text: str) -> list[int]:
-    """Greedy longest match over the toy vocabulary (its canonical tokenisation)."""
-    ids, i = [], 0
-    while i < len(text):
-        piece = max((v for v in VOCAB if text.startswith(v, i)), key=len)
-        ids.append(VOCAB.index(piece))
-        i += len(piece)
-    return ids
+tokenize = greedy_tokenizer(VOCAB)
 
 
 def ids(*pieces: str) -> list[int]:

@@ -1,22 +1,12 @@
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from server.engine.prefix_cache import PrefixCache, common_prefix
 from server.engine.runner import ModelRunner
+from tests.toy import tiny_llama
 
 
 def tiny_runner(budget: int = 1000) -> ModelRunner:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-    )
-    return ModelRunner(LlamaForCausalLM(config).eval(), torch.device("cpu"), prefix_budget_tokens=budget)
+    return ModelRunner(tiny_llama(), torch.device("cpu"), prefix_budget_tokens=budget)
 
 
 def test_common_prefix():

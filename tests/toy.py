@@ -1,0 +1,35 @@
+"""Small stand-ins the unit tests build on: a tiny random Llama and a greedy toy tokenizer."""
+
+from collections.abc import Callable, Sequence
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+
+def tiny_llama() -> LlamaForCausalLM:
+    """A real Llama architecture with random weights: 64 tokens, 2 layers, grouped-query attention."""
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def greedy_tokenizer(vocab: Sequence[str]) -> Callable[[str], list[int]]:
+    """Longest match first over `vocab`: the canonical tokenisation of a toy vocabulary."""
+
+    def tokenize(text: str) -> list[int]:
+        ids, i = [], 0
+        while i < len(text):
+            piece = max((v for v in vocab if text.startswith(v, i)), key=len)
+            ids.append(vocab.index(piece))
+            i += len(piece)
+        return ids
+
+    return tokenize
