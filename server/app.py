@@ -16,6 +16,7 @@ from server.engine.engine import Engine
 from server.engine.errors import ModelLoadError
 from server.engine.loader import load, served_name
 from server.errors import install_error_handlers
+from server.limits import install_body_limit
 from server.routes import chat, completions, health, kobold, llamacpp, models, tokens
 from server.sampling_defaults import sampling_defaults
 from server.settings import Settings
@@ -54,6 +55,7 @@ def create_app(settings: Settings, on_load_failure: Callable[[str], None] | None
     app.state.server = state
     install_error_handlers(app)
     install_api_key(app, settings.api_key)
+    install_body_limit(app, settings.max_body_mb)
     for module in (health, models, tokens, completions, chat, llamacpp, kobold):
         app.include_router(module.router)
     return app

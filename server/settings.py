@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     stop_strings: list[str] = Field(
         [STOP_STRING], description="Stop strings always applied for this model family, merged with each request's."
     )
+    max_queued: int = Field(
+        64, ge=0, description="Requests that may wait beyond --max-running; more are refused at once with 429."
+    )
+    max_body_mb: float = Field(16, gt=0, description="Largest request body accepted (413 beyond).")
     sampling_preset: Path | None = Field(
         None,
         description="JSON file of sampler defaults (any client's field names) replacing the model card's.",

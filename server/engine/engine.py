@@ -70,6 +70,8 @@ class Engine:
         self.stats = EngineStats()
         self._max_running = max_running
         self._prefill_chunk = prefill_chunk
+        self._in_flight = 0
+        self._in_flight_lock = threading.Lock()
         self._prefilling: deque[list[Sequence]] = deque()
         budget = prefix_cache_mb * 2**20 // kv_bytes_per_token(loaded)
         self._runner = ModelRunner(loaded.model, loaded.device, prefix_budget_tokens=budget)
@@ -108,9 +110,17 @@ class Engine:
         """Queues a request; call from the event loop, which will receive its outputs."""
         return self.submit_samples([request])[0]
 
+    @property
+    def in_flight(self) -> int:
+        """Requests submitted and not finished yet, running or waiting (exact, unlike the step-time stats)."""
+        with self._in_flight_lock:
+            return self._in_flight
+
     def submit_samples(self, requests: list[GenerationRequest]) -> list[GenerationHandle]:
         """Queues several samples of one prompt (n > 1): they are admitted together and share one prefill."""
         loop = asyncio.get_running_loop()
+        with self._in_flight_lock:
+            self._in_flight += len(requests)
         group = requests[0].request_id if len(requests) > 1 else None
         handles = []
         for request in requests:
@@ -291,6 +301,8 @@ class Engine:
             text = sequence.guard.flush(text)
         sequence.handle.deliver(sequence.output(text, reason, error, stop_string))
         self._remove(sequence, keep_cache=reason != "error")
+        with self._in_flight_lock:
+            self._in_flight -= 1
         self.stats.finished_requests += 1
 
     def _drop(self, matches: Callable[[Sequence], bool]) -> None:

@@ -34,8 +34,20 @@ def generation_requests(
     client: str = "",
     genkey: str | None = None,
 ) -> list[GenerationRequest]:
-    """One request per sample (`n`); raises APIError (400) for anything the model cannot do with them."""
+    """One request per sample (`n`); raises APIError: 400 for anything the model cannot do with them, 429 when the
+    queue is full."""
     samples = n or 1
+    check_limits(stops, fields, state)
+    capacity = state.settings.max_running + state.settings.max_queued
+    if engine.in_flight + samples > capacity:
+        raise APIError(
+            429,
+            f"The server is busy: {engine.in_flight} requests are running or queued (at most {capacity}). "
+            "Retry in a moment.",
+            code="server_busy",
+            type="rate_limit_error",
+            headers={"Retry-After": "1"},
+        )
     if samples > state.settings.max_running:
         raise APIError(
             400, f"n is {samples}; this server runs at most {state.settings.max_running} at once.", param="n"
@@ -88,6 +100,23 @@ def generation_requests(
         )
         for i in range(samples)
     ]
+
+
+MAX_STOP_STRINGS = 32
+MAX_STOP_LENGTH = 256
+MAX_LOGIT_BIAS = 1024
+
+
+def check_limits(stops: Sequence[str], fields: SamplerFields, state: ServerState) -> None:
+    """Bounds on what one request may ask for, each a 400 naming its field."""
+    if len(stops) > MAX_STOP_STRINGS:
+        raise APIError(400, f"stop: at most {MAX_STOP_STRINGS} stop strings (got {len(stops)}).", param="stop")
+    if any(len(stop) > MAX_STOP_LENGTH for stop in stops):
+        raise APIError(400, f"stop: each stop string may have at most {MAX_STOP_LENGTH} characters.", param="stop")
+    if fields.logit_bias and len(fields.logit_bias) > MAX_LOGIT_BIAS:
+        raise APIError(400, f"logit_bias: at most {MAX_LOGIT_BIAS} entries.", param="logit_bias")
+    if fields.banned_strings and any(len(text) > MAX_STOP_LENGTH for text in fields.banned_strings):
+        raise APIError(400, f"banned_strings: each at most {MAX_STOP_LENGTH} characters.", param="banned_strings")
 
 
 def response_id(generations: Sequence[GenerationRequest]) -> str:
