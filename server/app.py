@@ -11,12 +11,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from server.auth import install_api_key
+from server.auth import ApiKey
 from server.engine.engine import Engine
 from server.engine.errors import ModelLoadError
 from server.engine.loader import load, served_name
 from server.errors import install_error_handlers
-from server.limits import install_body_limit
+from server.limits import BodyLimit
 from server.routes import chat, completions, health, kobold, llamacpp, models, tokens
 from server.sampling_defaults import sampling_defaults
 from server.settings import Settings
@@ -54,8 +54,9 @@ def create_app(settings: Settings, on_load_failure: Callable[[str], None] | None
     app = FastAPI(title="rpserve", summary="OpenAI-compatible server for roleplay models", lifespan=lifespan)
     app.state.server = state
     install_error_handlers(app)
-    install_api_key(app, settings.api_key)
-    install_body_limit(app, settings.max_body_mb)
+    if settings.api_key:
+        app.add_middleware(ApiKey, api_key=settings.api_key)
+    app.add_middleware(BodyLimit, max_body_mb=settings.max_body_mb)
     for module in (health, models, tokens, completions, chat, llamacpp, kobold):
         app.include_router(module.router)
     return app

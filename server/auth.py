@@ -1,34 +1,41 @@
-"""The API key: when the server has one, every route but /health requires it."""
+"""The API key: when the server has one, every route but /health requires it.
+
+Plain ASGI middleware, not Starlette's BaseHTTPMiddleware: that one hides the client's disconnect from the
+routes, which must see it to cancel generation.
+"""
 
 import hmac
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
-from starlette.middleware.base import RequestResponseEndpoint
+from fastapi.responses import JSONResponse
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.errors import error_body
 
 OPEN_PATHS = frozenset({"/health"})
 
 
-def presented_key(request: Request) -> str | None:
+def presented_key(headers: Headers) -> str | None:
     """`Authorization: Bearer <key>` (OpenAI, SillyTavern) or `x-api-key: <key>` (TabbyAPI)."""
-    authorization = request.headers.get("authorization", "")
-    scheme, _, token = authorization.partition(" ")
+    scheme, _, token = headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
-    return request.headers.get("x-api-key")
+    return headers.get("x-api-key")
 
 
-def install_api_key(app: FastAPI, api_key: str | None) -> None:
-    if not api_key:
-        return
+class ApiKey:
+    def __init__(self, app: ASGIApp, api_key: str) -> None:
+        self.app = app
+        self.api_key = api_key.encode()
 
-    @app.middleware("http")
-    async def require_api_key(request: Request, call_next: RequestResponseEndpoint) -> Response:
-        key = presented_key(request)
-        if request.url.path in OPEN_PATHS or (key and hmac.compare_digest(key.encode(), api_key.encode())):
-            return await call_next(request)
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        key = presented_key(Headers(scope=scope))
+        if key and hmac.compare_digest(key.encode(), self.api_key):
+            await self.app(scope, receive, send)
+            return
         message = "Invalid API key." if key else "This server requires an API key (Authorization: Bearer <key>)."
         body = error_body(message, type="invalid_request_error", code="invalid_api_key")
-        return JSONResponse(body, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        await JSONResponse(body, status_code=401, headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)

@@ -38,6 +38,10 @@ def generation_requests(
     queue is full."""
     samples = n or 1
     check_limits(stops, fields, state)
+    if samples > state.settings.max_running:
+        raise APIError(
+            400, f"n is {samples}; this server runs at most {state.settings.max_running} at once.", param="n"
+        )
     capacity = state.settings.max_running + state.settings.max_queued
     if engine.in_flight + samples > capacity:
         raise APIError(
@@ -47,10 +51,6 @@ def generation_requests(
             code="server_busy",
             type="rate_limit_error",
             headers={"Retry-After": "1"},
-        )
-    if samples > state.settings.max_running:
-        raise APIError(
-            400, f"n is {samples}; this server runs at most {state.settings.max_running} at once.", param="n"
         )
     model = engine.model
     try:
