@@ -14,7 +14,7 @@ class LlamaCppCompletionRequest(CompletionRequest):
 
     prompt: str | list[int]  # type: ignore[assignment]
     n_probs: int | None = Field(None, ge=0, le=20, description="Alternatives reported per token.")
-    cache_prompt: bool | None = Field(None, description="Accepted; recent prompts are not cached yet.")
+    cache_prompt: bool | None = Field(None, description="Accepted: recent prompts are always cached and reused.")
 
 
 StopType = Literal["none", "eos", "limit", "word"]
