@@ -17,6 +17,7 @@ from server.engine.errors import ModelLoadError
 from server.engine.loader import load, served_name
 from server.errors import install_error_handlers
 from server.limits import BodyLimit
+from server.request_log import RequestLog
 from server.routes import chat, completions, health, kobold, llamacpp, models, tokens
 from server.sampling_defaults import sampling_defaults
 from server.settings import Settings
@@ -57,6 +58,7 @@ def create_app(settings: Settings, on_load_failure: Callable[[str], None] | None
     if settings.api_key:
         app.add_middleware(ApiKey, api_key=settings.api_key)
     app.add_middleware(BodyLimit, max_body_mb=settings.max_body_mb)
+    app.add_middleware(RequestLog)  # added last: outermost, so it sees refusals by the others too
     for module in (health, models, tokens, completions, chat, llamacpp, kobold):
         app.include_router(module.router)
     return app

@@ -29,7 +29,7 @@ from server.protocol.chat import (
 from server.protocol.completions import Usage
 from server.protocol.fields import ignored_fields_header
 from server.routes.delivery import disconnected_response, error_event, merged, sse_response
-from server.routes.generation import completed, generation_requests, response_id, without_leading_space
+from server.routes.generation import completed, generation_requests, record_usage, response_id, without_leading_space
 from server.state import ready_engine, server_state
 
 router = APIRouter()
@@ -83,7 +83,9 @@ async def create_chat_completion(
     request_id = response_id(generations)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        chunks = _chunks(handles, engine, request_id, state.model_name, prompt, several, include_usage, body.logprobs)
+        chunks = _chunks(
+            request, handles, engine, request_id, state.model_name, prompt, several, include_usage, body.logprobs
+        )
         return sse_response(chunks, headers=headers)
     samples = await completed(handles, request)
     if samples is None:
@@ -123,6 +125,7 @@ def chat_logprobs(engine: Engine, tokens: Sequence[TokenLogprob], top: int) -> C
 
 
 async def _chunks(
+    request: Request,
     handles: list[GenerationHandle],
     engine: Engine,
     request_id: str,
@@ -159,6 +162,7 @@ async def _chunks(
                 yield chunk(
                     ChatChunkChoice(index=index, delta=ChatDelta(), messages=turns, finish_reason=output.finish_reason)
                 )
+        record_usage(request, list(finals.values()))
         if include_usage and finals:
             completion = sum(output.completion_tokens for output in finals.values())
             usage = Usage.of(next(iter(finals.values())).prompt_tokens, completion)

@@ -19,7 +19,14 @@ from server.protocol.completions import (
 )
 from server.protocol.fields import ignored_fields_header
 from server.routes.delivery import disconnected_response, error_event, merged, sse_response
-from server.routes.generation import completed, generation_requests, response_id, truncated_left, without_leading_space
+from server.routes.generation import (
+    completed,
+    generation_requests,
+    record_usage,
+    response_id,
+    truncated_left,
+    without_leading_space,
+)
 from server.state import ready_engine, server_state
 
 router = APIRouter()
@@ -62,7 +69,9 @@ async def create_completion(
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         outputs = [without_leading_space(h) if trim else h for h in handles]
-        events = _chunks(handles, outputs, engine, request_id, state.model_name, echo, include_usage, body.logprobs)
+        events = _chunks(
+            request, handles, outputs, engine, request_id, state.model_name, echo, include_usage, body.logprobs
+        )
         return sse_response(events, headers=headers)
     samples = await completed(handles, request)
     if samples is None:
@@ -97,6 +106,7 @@ def completion_logprobs(engine: Engine, tokens: Sequence[TokenLogprob], offset: 
 
 
 async def _chunks(
+    request: Request,
     handles: list[GenerationHandle],
     outputs: list[AsyncIterator[GenerationOutput]],
     engine: Engine,
@@ -133,6 +143,7 @@ async def _chunks(
                 yield chunk(index, output, output.text)
             if output.finish_reason:
                 finals[index] = output
+        record_usage(request, list(finals.values()))
         if include_usage and finals:
             completion = sum(output.completion_tokens for output in finals.values())
             usage = Usage.of(next(iter(finals.values())).prompt_tokens, completion)

@@ -159,4 +159,11 @@ async def completed(handles: list[GenerationHandle], request: Request) -> list[l
     for outputs in samples:
         if outputs[-1].error:
             raise APIError(500, outputs[-1].error)
+    record_usage(request, [outputs[-1] for outputs in samples])
     return samples
+
+
+def record_usage(request: Request, finals: Sequence[GenerationOutput]) -> None:
+    """Token counts for the request's log line (see server/request_log.py)."""
+    if finals:
+        request.state.usage = (finals[0].prompt_tokens, sum(output.completion_tokens for output in finals))

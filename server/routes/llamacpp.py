@@ -12,7 +12,7 @@ from server.engine.tokenization import encode_prompt, with_bos
 from server.protocol.fields import ignored_fields_header
 from server.protocol.llamacpp import LlamaCppCompletionRequest, stop_type
 from server.routes.delivery import disconnected_response, error_event, merged, sse_response
-from server.routes.generation import completed, generation_requests
+from server.routes.generation import completed, generation_requests, record_usage
 from server.state import ready_engine, server_state
 
 router = APIRouter()
@@ -43,7 +43,7 @@ async def llamacpp_completion(body: LlamaCppCompletionRequest, request: Request)
     handles = engine.submit_samples(generations)
     headers = ignored_fields_header(body)
     if body.stream:
-        return sse_response(_events(handles, state.model_name), headers=headers, done=False)
+        return sse_response(_events(request, handles, state.model_name), headers=headers, done=False)
     samples = await completed(handles, request)
     if samples is None:
         return disconnected_response()
@@ -68,16 +68,19 @@ def _final(content: str, last: GenerationOutput, model_name: str, index: int) ->
     }
 
 
-async def _events(handles: list[GenerationHandle], model_name: str) -> AsyncIterator[dict]:
+async def _events(request: Request, handles: list[GenerationHandle], model_name: str) -> AsyncIterator[dict]:
+    finals = []
     try:
         async for index, output in merged(list(handles)):
             if output.error:
                 yield error_event(output.error)
                 return
             if output.finish_reason:
+                finals.append(output)
                 yield _final(output.text, output, model_name, index)
             elif output.text:
                 yield {"index": index, "content": output.text, "stop": False}
+        record_usage(request, finals)
     finally:
         for handle in handles:
             handle.cancel()

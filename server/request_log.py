@@ -1,0 +1,61 @@
+"""One structured log line per request, with its id (`X-Request-ID`, honoured or made), status, duration and
+token counts, and never any prompt or output text: that content is private.
+
+Plain ASGI middleware, not Starlette's BaseHTTPMiddleware: that one hides the client's disconnect from the
+routes, which must see it to cancel generation. The id is set before the route runs, and the usage a route
+records in `request.state.usage` is read when the last byte of the answer (the end of a stream) is sent.
+"""
+
+import json
+import logging
+import re
+import time
+import uuid
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+log = logging.getLogger("rpserve.requests")
+
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def request_id(headers: Headers) -> str:
+    """The client's `X-Request-ID` when it is a plain token, else a new one."""
+    given = headers.get("x-request-id", "")
+    return given if _SAFE_ID.match(given) else uuid.uuid4().hex
+
+
+class RequestLog:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        state = scope.setdefault("state", {})
+        state["request_id"] = identifier = request_id(Headers(scope=scope))
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message)["x-request-id"] = identifier
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                record = {
+                    "request_id": identifier,
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "status": status,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+                }
+                usage = state.get("usage")
+                if usage is not None:
+                    record["prompt_tokens"], record["completion_tokens"] = usage
+                log.info("%s", json.dumps(record))
+
+        await self.app(scope, receive, send_with_id)

@@ -1,0 +1,51 @@
+"""One log line per request, with its id, status, duration and token counts, and no prompt or output text."""
+
+import json
+import time
+
+SECRET = "The password is swordfish-7731"
+
+
+def log_record(server, request_id: str) -> dict:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        for line in server.output().splitlines():
+            if "rpserve.requests" in line and f'"{request_id}"' in line:
+                return json.loads(line[line.index("{") :])
+        time.sleep(0.05)
+    raise AssertionError(f"no log line for {request_id}")
+
+
+def test_request_id_is_honoured_and_logged_without_content(client, server):
+    body = {"prompt": SECRET, "max_tokens": 5, "seed": 1}
+    response = client.post("/v1/completions", json=body, headers={"X-Request-ID": "req-plain-1"})
+    assert response.headers["x-request-id"] == "req-plain-1"
+    record = log_record(server, "req-plain-1")
+    assert record["status"] == 200 and record["path"] == "/v1/completions"
+    assert (record["prompt_tokens"], record["completion_tokens"]) == (
+        response.json()["usage"]["prompt_tokens"],
+        5,
+    )
+    assert SECRET not in server.output()
+
+
+def test_streamed_requests_are_logged_when_the_stream_ends(client, server):
+    with client.stream(
+        "POST",
+        "/v1/completions",
+        json={"prompt": SECRET, "max_tokens": 4, "stream": True},
+        headers={"X-Request-ID": "req-stream-1"},
+    ) as response:
+        assert response.headers["x-request-id"] == "req-stream-1"
+        list(response.iter_lines())
+    record = log_record(server, "req-stream-1")
+    assert record["completion_tokens"] == 4 and record["status"] == 200
+
+
+def test_an_id_is_made_when_none_or_a_bad_one_is_sent(client, server):
+    made = client.get("/v1/models").headers["x-request-id"]
+    assert len(made) == 32
+    odd = client.get("/v1/models", headers={"X-Request-ID": "bad id\twith spaces"}).headers["x-request-id"]
+    assert odd != "bad id\twith spaces"
+    refused = client.post("/v1/completions", json={"temperature": -1}, headers={"X-Request-ID": "req-bad-1"})
+    assert log_record(server, "req-bad-1")["status"] == refused.status_code == 400
