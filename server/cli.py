@@ -1,7 +1,9 @@
 """`rpserve`: parse the settings, check what can be checked at once, and serve until stopped."""
 
+import contextlib
 import logging
 import sys
+from collections.abc import Iterator
 
 import uvicorn
 from pydantic import ValidationError
@@ -11,6 +13,17 @@ from server.engine.errors import ModelLoadError
 from server.engine.loader import resolve_device
 from server.sampling_defaults import PresetError
 from server.settings import Settings
+
+
+class _Server(uvicorn.Server):
+    """uvicorn re-raises SIGTERM once it has shut down gracefully, which ends the process with status -15; a server
+    that drained its requests exits 0 instead."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            yield
+            self._captured_signals.clear()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     failures: list[str] = []
-    server: uvicorn.Server
+    server: _Server
 
     def stop_on_load_failure(message: str) -> None:
         failures.append(message)
@@ -39,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     except PresetError as error:
         print(f"rpserve: error: {error}", file=sys.stderr)
         return 2
-    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level))
+    server = _Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level))
     server.run()
     if failures:
         print(f"rpserve: error: {failures[0]}", file=sys.stderr)

@@ -77,6 +77,11 @@ class Settings(BaseSettings):
         description="Prompt tokens prefilled per step while other requests are generating, so a long new prompt "
         "does not stall their streams.",
     )
+    shutdown_timeout: float = Field(
+        30,
+        ge=0,
+        description="On SIGTERM: seconds running requests get to finish before they are cancelled; then exit 0.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log verbosity.")
 
     @field_validator("stop_strings")
