@@ -1,8 +1,9 @@
 """The engine: one thread owns the model and serves every request from a command queue.
 
-Each step admits waiting requests (prefill), advances every running request by one token (decode), samples all
-rows in one batched call, and delivers the new text through each request's handle. Cancellations take effect
-at the start of the next step, which also frees the request's KV cache.
+Each step admits waiting requests while rows are free, advances every prefilled request by one token in one
+batched forward, prefills new prompts in chunks between those steps, samples all rows in one batched call, and
+delivers the new text through each request's handle. Cancellations take effect at the start of the next step,
+which also frees the request's rows; a finished request's KV cache goes to the prefix cache.
 """
 
 import asyncio
