@@ -53,6 +53,18 @@ class ServerProcess:
     def health(self) -> dict:
         return httpx.get(f"{self.url}/health", timeout=5).json()
 
+    def settled_health(self, timeout: float = 10) -> dict:
+        """/health once nothing runs, waits or holds a cache: the engine updates its counters at the end of the
+        step that delivered an answer, which can come just after the client read it."""
+        deadline = time.monotonic() + timeout
+        health = self.health()
+        while (health["running"], health["waiting"], health["cached_sequences"]) != (0, 0, 0):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+            health = self.health()
+        return health
+
     def output(self) -> str:
         return Path(self.log.name).read_text(errors="replace")
 
