@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from tests import tokenizers
+from tests.integration.endless import endless_request
 from tests.integration.sse import data_events
 
 PROMPTS = [
@@ -31,15 +31,7 @@ def test_concurrent_requests_get_the_tokens_they_get_alone(server):
 
 
 def test_a_long_prompt_is_prefilled_between_the_running_streams_steps(server):
-    tokenizer = tokenizers.smollm2()
-    (label_mark,) = tokenizer.encode("::::", add_special_tokens=False)
-    endless = {
-        "prompt": "Once upon a time",
-        "max_tokens": 4000,
-        "ban_eos_token": True,
-        "logit_bias": {str(label_mark): -100},
-        "stream": True,
-    }
+    endless = endless_request(stream=True)
     long_prompt = " ".join(f"The keeper counted ship number {i}." for i in range(400))  # ~3,000 tokens
     progress: dict[str, int] = {}
     with (

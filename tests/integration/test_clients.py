@@ -10,6 +10,7 @@ import openai
 import pytest
 
 from tests import tokenizers
+from tests.integration.endless import endless_request
 from tests.integration.server_process import ServerProcess
 from tests.integration.sse import stream
 
@@ -85,14 +86,7 @@ def test_ignored_fields_are_listed_in_a_header(client):
 
 
 def test_kobold_abort_ends_that_clients_generation(server):
-    (label_mark,) = tokenizers.smollm2().encode("::::", add_special_tokens=False)
-    body = {
-        "prompt": PROMPT,
-        "max_tokens": 3000,
-        "ban_eos_token": True,
-        "logit_bias": {str(label_mark): -100},
-        "genkey": "KCPP1234",
-    }
+    body = endless_request(PROMPT, 3000, genkey="KCPP1234")
     result: dict = {}
 
     def generate() -> None:

@@ -4,7 +4,7 @@ body is a 413 before it is read."""
 import httpx
 import pytest
 
-from tests import tokenizers
+from tests.integration.endless import endless_request
 from tests.integration.server_process import ServerProcess
 from tests.integration.sse import data_events
 from tests.integration.test_errors import assert_openai_error
@@ -32,8 +32,7 @@ def small_server():
 
 
 def test_full_server_answers_429_at_once_and_recovers(small_server):
-    (label_mark,) = tokenizers.smollm2().encode("::::", add_special_tokens=False)
-    endless = {"prompt": "Once", "max_tokens": 3000, "ban_eos_token": True, "logit_bias": {str(label_mark): -100}}
+    endless = endless_request(max_tokens=3000)
     with (
         httpx.Client(base_url=small_server.url, timeout=60) as http,
         http.stream("POST", "/v1/completions", json={**endless, "stream": True}) as running,

@@ -6,21 +6,14 @@ import time
 
 import httpx
 
-from tests import tokenizers
+from tests.integration.endless import endless_request
 from tests.integration.server_process import ServerProcess
 from tests.integration.sse import data_events
 
 
 def test_sigterm_drains_then_exits_cleanly():
     server = ServerProcess("--shutdown-timeout", "2").wait_ready()
-    (label_mark,) = tokenizers.smollm2().encode("::::", add_special_tokens=False)
-    endless = {
-        "prompt": "Once",
-        "max_tokens": 5000,
-        "ban_eos_token": True,
-        "logit_bias": {str(label_mark): -100},
-        "stream": True,
-    }
+    endless = endless_request(max_tokens=5000, stream=True)
     events: list = []
 
     def read_stream() -> None:
