@@ -43,10 +43,11 @@ class PrefixCache:
         if not token_ids or len(token_ids) > self.budget_tokens:
             return
         for key in list(self._entries):
-            if common_prefix(key, token_ids) == len(token_ids):
+            shared = common_prefix(key, token_ids)
+            if shared == len(token_ids):
                 self._entries.move_to_end(key)
                 return  # an entry holds all of this and more
-            if common_prefix(key, token_ids) == len(key):
+            if shared == len(key):
                 del self._entries[key]  # this one supersedes it
         self._entries[token_ids] = cache
         while self.tokens > self.budget_tokens:

@@ -6,11 +6,12 @@ A field sent as null means "use the default".
 
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Annotated, Literal
 
 from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field
 
-from server.engine.request import FinishReason
+from server.engine.request import FinishReason, GenerationOutput
 from server.protocol.sampling import SamplerFields
 
 
@@ -87,6 +88,11 @@ class Usage(BaseModel):
             completion_tokens=completion_tokens,
             total_tokens=prompt_tokens + completion_tokens,
         )
+
+    @classmethod
+    def of_samples(cls, finals: Sequence[GenerationOutput]) -> "Usage":
+        """The whole answer's usage from each sample's last output: one prompt, every sample's tokens."""
+        return cls.of(finals[0].prompt_tokens, sum(output.completion_tokens for output in finals))
 
 
 class CompletionResponse(BaseModel):

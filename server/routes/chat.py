@@ -83,9 +83,8 @@ async def create_chat_completion(
     request_id = response_id(generations)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        chunks = _chunks(
-            request, handles, engine, request_id, state.model_name, prompt, several, include_usage, body.logprobs
-        )
+        scored = top if body.logprobs else None
+        chunks = _chunks(request, handles, engine, request_id, state.model_name, prompt, several, include_usage, scored)
         return sse_response(chunks, headers=headers)
     samples = await completed(handles, request)
     if samples is None:
@@ -104,8 +103,7 @@ async def create_chat_completion(
                 finish_reason=outputs[-1].finish_reason,
             )
         )
-    completion_tokens = sum(outputs[-1].completion_tokens for outputs in samples)
-    usage = Usage.of(samples[0][-1].prompt_tokens, completion_tokens)
+    usage = Usage.of_samples([outputs[-1] for outputs in samples])
     return ChatCompletionResponse(id=request_id, model=state.model_name, choices=choices, usage=usage)
 
 
@@ -133,7 +131,7 @@ async def _chunks(
     prompt: RenderedPrompt,
     several: bool,
     include_usage: bool,
-    logprobs: bool,
+    top_logprobs: int | None,
 ) -> AsyncIterator[dict]:
     template = ChatCompletionChunk(id=request_id, model=model_name, choices=[])
     excluded = set() if include_usage else {"usage"}
@@ -153,7 +151,8 @@ async def _chunks(
                 yield error_event(output.error)
                 return
             texts[index] += output.text
-            scores = chat_logprobs(engine, output.logprobs, 20) if logprobs and output.logprobs else None
+            scored = top_logprobs is not None and output.logprobs
+            scores = chat_logprobs(engine, output.logprobs, top_logprobs or 0) if scored else None
             if output.text or scores:
                 yield chunk(ChatChunkChoice(index=index, delta=ChatDelta(content=output.text), logprobs=scores))
             if output.finish_reason:
@@ -164,8 +163,7 @@ async def _chunks(
                 )
         record_usage(request, list(finals.values()))
         if include_usage and finals:
-            completion = sum(output.completion_tokens for output in finals.values())
-            usage = Usage.of(next(iter(finals.values())).prompt_tokens, completion)
+            usage = Usage.of_samples(list(finals.values()))
             yield template.model_copy(update={"usage": usage}).model_dump()
     finally:
         for handle in handles:

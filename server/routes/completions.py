@@ -45,12 +45,9 @@ async def create_completion(
     prompt_ids = encode_prompt(
         engine.model.tokenizer, body.prompt[:-1] if trim else body.prompt, add_bos=body.add_bos_token is not False
     )
-    if body.truncation_length:
-        budget = min(body.truncation_length, engine.model.context_length) - (body.max_tokens or 0)
-        prompt_ids = truncated_left(prompt_ids, budget, engine.model.bos_id)
     generations = generation_requests(
         body,
-        prompt_ids=prompt_ids,
+        prompt_ids=truncated_left(prompt_ids, body, engine),
         max_tokens=body.max_tokens,
         n=body.n,
         stops=body.stop_list(),
@@ -87,8 +84,7 @@ async def create_completion(
         choices.append(
             CompletionChoice(index=index, text=text, logprobs=logprobs, finish_reason=outputs[-1].finish_reason)
         )
-    prompt_tokens = samples[0][-1].prompt_tokens
-    usage = Usage.of(prompt_tokens, sum(outputs[-1].completion_tokens for outputs in samples))
+    usage = Usage.of_samples([outputs[-1] for outputs in samples])
     return CompletionResponse(id=request_id, model=state.model_name, choices=choices, usage=usage)
 
 
@@ -145,8 +141,7 @@ async def _chunks(
                 finals[index] = output
         record_usage(request, list(finals.values()))
         if include_usage and finals:
-            completion = sum(output.completion_tokens for output in finals.values())
-            usage = Usage.of(next(iter(finals.values())).prompt_tokens, completion)
+            usage = Usage.of_samples(list(finals.values()))
             yield template.model_copy(update={"usage": usage}).model_dump()
     finally:
         for handle in handles:

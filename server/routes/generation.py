@@ -12,6 +12,7 @@ from server.engine.engine import Engine
 from server.engine.handle import GenerationHandle
 from server.engine.request import GenerationOutput, GenerationRequest
 from server.errors import APIError
+from server.protocol.completions import CompletionRequest, Usage
 from server.protocol.sampling import SamplerFields
 from server.routes.delivery import ClientDisconnected, collect
 from server.state import ServerState
@@ -125,9 +126,13 @@ def response_id(generations: Sequence[GenerationRequest]) -> str:
     return first.rsplit("-", 1)[0] if len(generations) > 1 else first
 
 
-def truncated_left(prompt_ids: list[int], budget: int, bos_id: int | None) -> list[int]:
-    """The last `budget` tokens of the prompt, keeping its BOS first (text-generation-webui's
-    `truncation_length`)."""
+def truncated_left(prompt_ids: list[int], body: CompletionRequest, engine: Engine) -> list[int]:
+    """text-generation-webui's `truncation_length`: the prompt's last tokens, BOS kept first, so that prompt and
+    `max_tokens` fit in it."""
+    if not body.truncation_length:
+        return prompt_ids
+    budget = min(body.truncation_length, engine.model.context_length) - (body.max_tokens or 0)
+    bos_id = engine.model.bos_id
     if budget < 1 or len(prompt_ids) <= budget:
         return prompt_ids
     if bos_id is not None and prompt_ids and prompt_ids[0] == bos_id:
@@ -166,4 +171,5 @@ async def completed(handles: list[GenerationHandle], request: Request) -> list[l
 def record_usage(request: Request, finals: Sequence[GenerationOutput]) -> None:
     """Token counts for the request's log line (see server/request_log.py)."""
     if finals:
-        request.state.usage = (finals[0].prompt_tokens, sum(output.completion_tokens for output in finals))
+        usage = Usage.of_samples(finals)
+        request.state.usage = (usage.prompt_tokens, usage.completion_tokens)

@@ -12,7 +12,7 @@ from server.engine.tokenization import encode_prompt, with_bos
 from server.protocol.fields import ignored_fields_header
 from server.protocol.llamacpp import LlamaCppCompletionRequest, stop_type
 from server.routes.delivery import disconnected_response, error_event, merged, sse_response
-from server.routes.generation import completed, generation_requests, record_usage
+from server.routes.generation import completed, generation_requests, record_usage, truncated_left
 from server.state import ready_engine, server_state
 
 router = APIRouter()
@@ -29,7 +29,7 @@ async def llamacpp_completion(body: LlamaCppCompletionRequest, request: Request)
         prompt_ids = with_bos(body.prompt, engine.model.bos_id) if add_bos else list(body.prompt)
     generations = generation_requests(
         body,
-        prompt_ids=prompt_ids,
+        prompt_ids=truncated_left(prompt_ids, body, engine),
         max_tokens=body.max_tokens,
         n=body.n,
         stops=body.stop_list(),

@@ -119,6 +119,9 @@ def test_llamacpp_native_completion(client):
     tokens = tokenizers.smollm2().encode(PROMPT, add_special_tokens=False)
     by_ids = client.post("/completion", json={"prompt": tokens, "n_predict": 5, "seed": 3}).json()
     assert by_ids["content"] == whole["content"]
+    long = " ".join(f"word{i}" for i in range(200))
+    cut = client.post("/completion", json={"prompt": long, "n_predict": 4, "truncation_length": 40}).json()
+    assert cut["tokens_evaluated"] == 36
 
 
 @pytest.fixture(scope="module")
