@@ -8,6 +8,8 @@ from sampling.order import DEFAULT_ORDER
 CARD_SEQUENCE_BREAKERS: tuple[str, ...] = ("\n", ":", '"', "*", "::::")
 MAX_SEQUENCE_BREAKERS = 32
 MAX_SEQUENCE_BREAKER_LENGTH = 64
+# Below this, dividing logits by the temperature overflows float32: such temperatures mean greedy decoding.
+GREEDY_BELOW_TEMPERATURE = 1e-5
 
 
 class SamplingParamsError(ValueError):
@@ -48,7 +50,8 @@ class SamplingParams:
         _require(self.top_k >= -1, "top_k", "must be >= -1 (0 and -1 turn it off)")
         _require(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
         _require(0 <= self.min_p <= 1, "min_p", "must be in [0, 1]")
-        _require(0 < self.repetition_penalty <= 10, "repetition_penalty", "must be in (0, 10]")
+        # Dividing a logit by a smaller penalty would overflow float32.
+        _require(0.01 <= self.repetition_penalty <= 10, "repetition_penalty", "must be in [0.01, 10]")
         _require(-2 <= self.frequency_penalty <= 2, "frequency_penalty", "must be in [-2, 2]")
         _require(-2 <= self.presence_penalty <= 2, "presence_penalty", "must be in [-2, 2]")
         _require(self.penalty_range >= -1, "penalty_range", "must be >= -1 (0 and -1 mean the whole context)")
@@ -75,7 +78,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        return self.temperature < GREEDY_BELOW_TEMPERATURE
 
     @property
     def uses_dry(self) -> bool:

@@ -6,8 +6,8 @@ with the row's own generator, and appends the tokens to the histories. The only 
 the drawn ids back.
 
 Chain: logit bias and bans (including EOS while `min_tokens` is not reached, or always with `ignore_eos`), then
-the row's order of penalties, DRY, top-k, top-p, min-p and temperature; temperature 0 takes the arg-max of the
-processed logits.
+the row's order of penalties, DRY, top-k, top-p, min-p and temperature; temperature 0 (or below 1e-5, where
+dividing would overflow) takes the arg-max of the processed logits.
 """
 
 import secrets
@@ -101,19 +101,27 @@ class Sampler:
 
     def sample(
         self, logits: torch.Tensor, rows: Sequence[int], bans: Sequence[frozenset[int]] | None = None
-    ) -> list[int]:
+    ) -> list[int | None]:
         """Draws the next token of each row (one row of `logits` per entry of `rows`) and records it. `bans`:
-        tokens each row may not take at this step only."""
+        tokens each row may not take at this step only. A row whose logits hold NaN or +infinity, or whose chain
+        leaves no token possible, gets None and records nothing: the caller fails that request alone."""
         processed = self.process(logits, rows, bans)
+        # -inf is a legitimate "impossible" logit; NaN and +inf are faults.
+        broken = (logits.isnan() | logits.isposinf()).any(dim=-1)
+        valid = ~broken & torch.isfinite(processed.amax(dim=-1))
         chosen = processed.argmax(dim=-1)
         drawn = [i for i, row in enumerate(rows) if not self._rows[row].params.greedy]
         if drawn:
             index = torch.tensor(drawn, device=processed.device)
             generators = [self._rows[rows[i]].generator for i in drawn]
             chosen = chosen.index_copy(0, index, draw(torch.softmax(processed[index], dim=-1), generators))
-        tokens = chosen.tolist()
-        self._record(rows, chosen, tokens)
-        return tokens
+        # One host synchronisation for the tokens and their validity together.
+        tokens, flags = torch.stack([chosen, valid.to(chosen.dtype)]).tolist()
+        good = [i for i, flag in enumerate(flags) if flag]
+        if len(good) < len(rows):
+            chosen = chosen[torch.tensor(good, dtype=torch.long, device=chosen.device)]
+        self._record([rows[i] for i in good], chosen, [tokens[i] for i in good])
+        return [token if flag else None for token, flag in zip(tokens, flags, strict=True)]
 
     def process(
         self, logits: torch.Tensor, rows: Sequence[int], bans: Sequence[frozenset[int]] | None = None
@@ -157,8 +165,8 @@ class Sampler:
                 logits = mask_top_p(logits, [p.top_p for p in params])
             elif step == "min_p":
                 logits = mask_min_p(logits, [p.min_p for p in params])
-            elif step == "temperature" and any(p.temperature not in (0, 1) for p in params):
-                temperatures = [p.temperature or 1.0 for p in params]
+            elif step == "temperature" and any(not p.greedy and p.temperature != 1 for p in params):
+                temperatures = [1.0 if p.greedy else p.temperature for p in params]
                 logits = logits / torch.tensor(temperatures, device=logits.device).unsqueeze(1)
         return logits
 
@@ -219,6 +227,8 @@ class Sampler:
         )
 
     def _record(self, rows: Sequence[int], chosen: torch.Tensor, tokens: Sequence[int]) -> None:
+        if not rows:
+            return
         flags = []
         for row, token in zip(rows, tokens, strict=True):
             state = self._rows[row]

@@ -12,13 +12,16 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from server.auth import ApiKey
+from server.draining import Draining
 from server.engine.engine import Engine
 from server.engine.errors import ModelLoadError
 from server.engine.loader import load, served_name
 from server.errors import install_error_handlers
 from server.limits import BodyLimit
+from server.metrics import Metrics
 from server.request_log import RequestLog
 from server.routes import chat, completions, health, kobold, llamacpp, models, tokens
+from server.routes import metrics as metrics_route
 from server.sampling_defaults import sampling_defaults
 from server.settings import Settings
 from server.state import ServerState
@@ -31,10 +34,19 @@ def create_app(settings: Settings, on_load_failure: Callable[[str], None] | None
     state = ServerState(
         settings=settings, model_name=served_name(settings), sampling_defaults=sampling_defaults(settings)
     )
+    metrics = Metrics(lambda: state.engine)
 
     def load_engine() -> None:
         try:
-            engine = Engine(load(settings), max_running=settings.max_running, prefix_cache_mb=settings.prefix_cache_mb)
+            engine = Engine(
+                load(settings),
+                max_running=settings.max_running,
+                prefix_cache_mb=settings.prefix_cache_mb,
+                prefill_chunk=settings.prefill_chunk,
+                request_timeout=settings.request_timeout or None,
+                timings=metrics,
+                log_content=settings.log_content,
+            )
         except ModelLoadError as error:
             log.error("%s", error)
             if on_load_failure is not None:
@@ -54,11 +66,14 @@ def create_app(settings: Settings, on_load_failure: Callable[[str], None] | None
 
     app = FastAPI(title="rpserve", summary="OpenAI-compatible server for roleplay models", lifespan=lifespan)
     app.state.server = state
+    app.state.metrics = metrics
     install_error_handlers(app)
     if settings.api_key:
         app.add_middleware(ApiKey, api_key=settings.api_key)
     app.add_middleware(BodyLimit, max_body_mb=settings.max_body_mb)
-    app.add_middleware(RequestLog)  # added last: outermost, so it sees refusals by the others too
-    for module in (health, models, tokens, completions, chat, llamacpp, kobold):
+    app.add_middleware(Draining, state=state)
+    # Added last: outermost, so it sees refusals by the others too.
+    app.add_middleware(RequestLog, requests=metrics.requests)
+    for module in (health, metrics_route, models, tokens, completions, chat, llamacpp, kobold):
         app.include_router(module.router)
     return app

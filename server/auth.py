@@ -1,4 +1,4 @@
-"""The API key: when the server has one, every route but /health requires it.
+"""The API key: when the server has one, every route but /health and /metrics requires it.
 
 Plain ASGI middleware, not Starlette's BaseHTTPMiddleware: that one hides the client's disconnect from the
 routes, which must see it to cancel generation.
@@ -12,7 +12,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.errors import error_body
 
-OPEN_PATHS = frozenset({"/health"})
+OPEN_PATHS = frozenset({"/health", "/metrics"})
 
 
 def presented_key(headers: Headers) -> str | None:

@@ -3,21 +3,53 @@
 import contextlib
 import logging
 import sys
+import time
 from collections.abc import Iterator
+from types import FrameType
 
 import uvicorn
 from pydantic import ValidationError
+from sse_starlette.sse import AppStatus
 
 from server.app import create_app
 from server.engine.errors import ModelLoadError
 from server.engine.loader import resolve_device
 from server.sampling_defaults import PresetError
 from server.settings import Settings
+from server.state import ServerState
+
+# After the drain: time for cancelled requests to send their last event before their connections are cut.
+_FINAL_EVENTS_SECONDS = 5
 
 
 class _Server(uvicorn.Server):
-    """uvicorn re-raises SIGTERM once it has shut down gracefully, which ends the process with status -15; a server
-    that drained its requests exits 0 instead."""
+    """Graceful shutdown in two stages. SIGTERM starts a drain: the port stays open, new requests get 503 (see
+    server/draining.py) and running ones get `--shutdown-timeout` seconds to finish; then what is left is
+    cancelled with an error and uvicorn shuts down. A second signal skips the wait. uvicorn re-raises SIGTERM once
+    it has shut down, which would end the process with status -15; a server that drained exits 0 instead."""
+
+    def __init__(self, config: uvicorn.Config, state: ServerState) -> None:
+        super().__init__(config)
+        self._state = state
+        self._drain_deadline: float | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._drain_deadline is None and not self.should_exit:
+            self._drain_deadline = time.monotonic() + self._state.settings.shutdown_timeout
+            self._state.draining = True
+            return
+        super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        if self._drain_deadline is not None and not self.should_exit:
+            engine = self._state.engine
+            busy = engine is not None and engine.in_flight > 0
+            if busy and time.monotonic() >= self._drain_deadline:
+                assert engine is not None
+                engine.cancel_all("The server is shutting down; retry in a moment.")
+            if not busy or time.monotonic() >= self._drain_deadline:
+                self.should_exit = True
+        return await super().on_tick(counter)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -52,7 +84,16 @@ def main(argv: list[str] | None = None) -> int:
     except PresetError as error:
         print(f"rpserve: error: {error}", file=sys.stderr)
         return 2
-    server = _Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level))
+    # Streams end when their requests do (the drain above), not at the signal, which sse-starlette does by default.
+    AppStatus.disable_automatic_graceful_drain()
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=_FINAL_EVENTS_SECONDS,
+    )
+    server = _Server(config, app.state.server)
     server.run()
     if failures:
         print(f"rpserve: error: {failures[0]}", file=sys.stderr)

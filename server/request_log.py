@@ -3,7 +3,7 @@ token counts, and never any prompt or output text: that content is private.
 
 Plain ASGI middleware, not Starlette's BaseHTTPMiddleware: that one hides the client's disconnect from the
 routes, which must see it to cancel generation. The id is set before the route runs, and the usage a route
-records in `request.state.usage` is read when the last byte of the answer (the end of a stream) is sent.
+records in `request.state.usage` is read once the answer is over (the end of a stream included).
 """
 
 import json
@@ -12,6 +12,7 @@ import re
 import time
 import uuid
 
+from prometheus_client import Counter
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -27,8 +28,11 @@ def request_id(headers: Headers) -> str:
 
 
 class RequestLog:
-    def __init__(self, app: ASGIApp) -> None:
+    """Also counts each answer in `requests` by route template (never the raw path: unbounded labels) and status."""
+
+    def __init__(self, app: ASGIApp, requests: Counter) -> None:
         self.app = app
+        self.requests = requests
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -37,7 +41,7 @@ class RequestLog:
         started = time.perf_counter()
         state = scope.setdefault("state", {})
         state["request_id"] = identifier = request_id(Headers(scope=scope))
-        status = 500
+        status = 500  # what a route that raised answers
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -45,17 +49,20 @@ class RequestLog:
                 status = message["status"]
                 MutableHeaders(scope=message)["x-request-id"] = identifier
             await send(message)
-            if message["type"] == "http.response.body" and not message.get("more_body", False):
-                record = {
-                    "request_id": identifier,
-                    "method": scope["method"],
-                    "path": scope["path"],
-                    "status": status,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 1),
-                }
-                usage = state.get("usage")
-                if usage is not None:
-                    record["prompt_tokens"], record["completion_tokens"] = usage
-                log.info("%s", json.dumps(record))
 
-        await self.app(scope, receive, send_with_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:  # also when the client left mid-stream: the route has cancelled its generation by then
+            record = {
+                "request_id": identifier,
+                "method": scope["method"],
+                "path": scope["path"],
+                "status": status,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+            }
+            usage = state.get("usage")
+            if usage is not None:
+                record["prompt_tokens"], record["completion_tokens"] = usage
+            log.info("%s", json.dumps(record))
+            route = scope.get("route")
+            self.requests.labels(route=getattr(route, "path", "unmatched"), status=str(status)).inc()

@@ -82,6 +82,17 @@ class Settings(BaseSettings):
         ge=0,
         description="On SIGTERM: seconds running requests get to finish before they are cancelled; then exit 0.",
     )
+    request_timeout: float = Field(
+        600,
+        ge=0,
+        description="Seconds a request may take from its arrival; then it ends with what it has generated "
+        "(finish reason `length`), or a 503 when it has generated nothing. 0 turns it off.",
+    )
+    log_content: bool = Field(
+        False,
+        description="Debugging only: log each generation's prompt and output text (private content) on the "
+        "`rpserve.content` logger.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log verbosity.")
 
     @field_validator("stop_strings")

@@ -16,6 +16,7 @@ class ServerState:
     model_name: str
     sampling_defaults: SamplingParams
     engine: Engine | None = None
+    draining: bool = False  # SIGTERM came: new requests get 503 while running ones finish
 
 
 def server_state(request: Request) -> ServerState:

@@ -35,6 +35,10 @@ class BatchCache:
     def __len__(self) -> int:
         return len(self.rows)
 
+    @property
+    def allocated_tokens(self) -> int:
+        return self.mask.shape[0] * self.mask.shape[1]
+
     def join(self, row_id: str, cache: DynamicCache) -> None:
         """Adds a prefilled sequence (its own cache, all positions real) as the last row."""
         length = cache.get_seq_length()
@@ -71,6 +75,18 @@ class BatchCache:
         positions = torch.tensor(self.positions, device=self._device).unsqueeze(1)
         self.positions = [p + 1 for p in self.positions]
         return {"input_ids": input_ids, "attention_mask": self.mask, "position_ids": positions, "cache": self.cache}
+
+    def checkpoint(self) -> tuple[int, list[int]]:
+        """What `restore` needs to undo a decode step that failed part-way."""
+        return self.mask.shape[1], list(self.positions)
+
+    def restore(self, checkpoint: tuple[int, list[int]]) -> None:
+        """Back to a checkpoint: a forward that raised may have grown some layers and not others."""
+        width, positions = checkpoint
+        if self.cache is not None:
+            for layer in _layers(self.cache):
+                layer.keys, layer.values = layer.keys[:, :, :width], layer.values[:, :, :width]
+        self.mask, self.positions = self.mask[:, :width], positions
 
     def forget_last(self, row_id: str, count: int) -> None:
         """Masks out a row's last `count` real positions (a back-off), leaving holes the attention skips."""

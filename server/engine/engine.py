@@ -7,10 +7,12 @@ which also frees the request's rows; a finished request's KV cache goes to the p
 """
 
 import asyncio
+import json
 import logging
 import queue
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,8 +26,10 @@ from server.engine.loader import LoadedModel
 from server.engine.request import FinishReason, GenerationRequest, TokenLogprob
 from server.engine.runner import ModelRunner
 from server.engine.sequence import Sequence
+from server.engine.timings import TokenTimings
 
 log = logging.getLogger(__name__)
+content_log = logging.getLogger("rpserve.content")
 
 
 @dataclass
@@ -41,6 +45,10 @@ class EngineStats:
     reused_tokens: int = 0  # prompt tokens taken from the prefix cache instead
     prefix_cache_entries: int = 0
     prefix_cache_tokens: int = 0
+    prompt_tokens: int = 0  # of every admitted request
+    batch_cache_tokens: int = 0  # KV positions allocated for the running requests, padding included
+    failed_requests: int = 0
+    timed_out_requests: int = 0
 
 
 @dataclass(frozen=True)
@@ -59,23 +67,40 @@ class _AbortClient:
     genkey: str | None
 
 
+@dataclass(frozen=True)
+class _CancelAll:
+    reason: str
+
+
 class _Shutdown:
     pass
 
 
 class Engine:
     def __init__(
-        self, loaded: LoadedModel, *, max_running: int, prefix_cache_mb: int, prefill_chunk: int = 512
+        self,
+        loaded: LoadedModel,
+        *,
+        max_running: int,
+        prefix_cache_mb: int,
+        prefill_chunk: int = 512,
+        request_timeout: float | None = None,
+        timings: TokenTimings | None = None,
+        log_content: bool = False,
     ) -> None:
         self.model = loaded
         self.stats = EngineStats()
         self._max_running = max_running
         self._prefill_chunk = prefill_chunk
+        self._request_timeout = request_timeout
+        self._timings = timings
+        self._log_content = log_content
         self._in_flight = 0
         self._in_flight_lock = threading.Lock()
         self._prefilling: deque[list[Sequence]] = deque()
-        budget = prefix_cache_mb * 2**20 // kv_bytes_per_token(loaded)
-        self._runner = ModelRunner(loaded.model, loaded.device, prefix_budget_tokens=budget)
+        self.kv_bytes_per_token = kv_bytes_per_token(loaded)
+        self.prefix_budget_tokens = prefix_cache_mb * 2**20 // self.kv_bytes_per_token
+        self._runner = ModelRunner(loaded.model, loaded.device, prefix_budget_tokens=self.prefix_budget_tokens)
         self._token_bytes = token_bytes_table(loaded.tokenizer, loaded.vocab_size)
         self._special_ids = frozenset(loaded.tokenizer.all_special_ids)
         # Texts user content must not contain: each would be read as its special token.
@@ -91,7 +116,7 @@ class Engine:
             device=loaded.device,
         )
         self._sampler.prepare_breakers(SamplingParams().dry_sequence_breakers)
-        self._commands: queue.Queue[_Add | _Abort | _AbortClient | _Shutdown] = queue.Queue()
+        self._commands: queue.Queue[_Add | _Abort | _AbortClient | _CancelAll | _Shutdown] = queue.Queue()
         self._waiting: deque[Sequence] = deque()
         self._running: list[Sequence] = []
         self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
@@ -123,6 +148,8 @@ class Engine:
         with self._in_flight_lock:
             self._in_flight += len(requests)
         group = requests[0].request_id if len(requests) > 1 else None
+        now = time.monotonic()
+        deadline = now + self._request_timeout if self._request_timeout else None
         handles = []
         for request in requests:
             handle = GenerationHandle(request.request_id, loop, self.abort)
@@ -132,6 +159,8 @@ class Engine:
                 handle=handle,
                 detokenizer=IncrementalDetokenizer(self._token_bytes, skipped),
                 group=group,
+                submitted_at=now,
+                deadline=deadline,
             )
             self._commands.put(_Add(sequence))
             handles.append(handle)
@@ -145,12 +174,16 @@ class Engine:
         """KoboldCpp's abort: ends that client's generations (only the one named `genkey`, when given)."""
         self._commands.put(_AbortClient(client, genkey))
 
+    def cancel_all(self, reason: str) -> None:
+        """Ends every request at the next step with an error (shutdown after the drain timeout)."""
+        self._commands.put(_CancelAll(reason))
+
     def _loop(self) -> None:
         with torch.inference_mode():
             while self._take_commands(block=not (self._running or self._waiting)):
                 try:
                     self._step()
-                except Exception as error:  # a failed step must not take the server down
+                except Exception as error:  # the last resort: each part of the step isolates its own faults
                     log.exception("engine step failed")
                     for sequence in list(self._running):
                         self._finish(sequence, "", "error", error=f"generation failed: {error}")
@@ -174,23 +207,35 @@ class Engine:
                     self._drop(
                         lambda s, c=client, k=genkey: s.request.client == c and (k is None or s.request.genkey == k)
                     )
+                case _CancelAll(reason):
+                    for sequence in [*self._running, *self._waiting]:
+                        self._finish(sequence, sequence.stops.flush(), "error", error=reason, error_status=503)
                 case _Shutdown():
                     return False
             self._update_stats()
 
     def _step(self) -> None:
         """One decode step for every prefilled request, then prompt prefill within the chunk budget (all of it
-        when nothing is decoding), so a long new prompt never stalls the streams already running."""
+        when nothing is decoding), so a long new prompt never stalls the streams already running. A fault fails
+        only the requests it concerns; the others go on."""
+        self._expire()
         decoding = [s for s in self._running if s.prefilled]
         self._prefilling.extend(self._admit())
-        logits, stepped = [], list(decoding)
-        if decoding:
-            logits.append(self._runner.decode([(s.id, s.last_token) for s in decoding]))
+        logits, stepped = [], []
+        if decoding and (decoded := self._decode(decoding)) is not None:
+            logits.append(decoded)
+            stepped.extend(decoding)
         budget = self._prefill_chunk if decoding else sys.maxsize
         while self._prefilling and budget > 0:
             group = self._prefilling[0]
             spent = min(budget, self._runner.prefill_remaining(group[0].id))
-            first = self._runner.prefill_chunk(group[0].id, budget)
+            try:
+                first = self._runner.prefill_chunk(group[0].id, budget)
+            except Exception as error:  # this prompt alone: its own cache, its own forward
+                if not isinstance(error, torch.OutOfMemoryError):
+                    log.exception("prefill of request %s failed", group[0].id)
+                self._fail(group, _describe(error))
+                continue
             budget -= spent
             if first is None:
                 break
@@ -203,12 +248,74 @@ class Engine:
             stepped.extend(group)
         if stepped:
             batch = torch.cat(logits)
-            bans = [s.guard.bans_for(len(s.output_ids)) if s.guard else frozenset() for s in stepped]
-            tokens = self._sampler.sample(batch, [s.row for s in stepped], bans)
+            tokens = self._sample(batch, stepped)
             self._record_logprobs(batch, stepped, tokens)
             for sequence, token in zip(stepped, tokens, strict=True):
-                self._advance(sequence, token)
+                if isinstance(token, str):
+                    self._fail([sequence], token)
+                    continue
+                try:
+                    self._advance(sequence, token)
+                except Exception as error:
+                    log.exception("request %s: reading its new token failed", sequence.id)
+                    self._fail([sequence], str(error))
         self._update_stats()
+
+    def _decode(self, decoding: list[Sequence]) -> torch.Tensor | None:
+        """The batched decode forward; None when it failed, after failing the requests at fault (the others retry
+        at the next step: the runner has rolled the batch cache back)."""
+        try:
+            return self._runner.decode([(s.id, s.last_token) for s in decoding])
+        except torch.OutOfMemoryError:
+            # The longest row sets the batch's width: dropping it frees the most.
+            longest = max(decoding, key=lambda s: len(s.request.prompt_ids) + len(s.output_ids))
+            log.warning("out of memory in a decode step of %d rows; failing the longest", len(decoding))
+            self._fail([longest], "out of memory while growing its cache")
+            return None
+        except Exception as error:  # the model itself failed: no row can be told apart from the others
+            log.exception("decode step failed")
+            self._fail(decoding, str(error))
+            return None
+
+    def _sample(self, logits: torch.Tensor, stepped: list[Sequence]) -> list[int | str]:
+        """One token per row, or the reason that row failed: its logits were NaN or infinite, or sampling it
+        raised (found by sampling row by row after the batched call raised)."""
+        rows = [s.row for s in stepped]
+        bans = [s.guard.bans_for(len(s.output_ids)) if s.guard else frozenset() for s in stepped]
+        try:
+            drawn = self._sampler.sample(logits, rows, bans)
+        except Exception:
+            log.exception("batched sampling failed; sampling row by row")
+            drawn = []
+            for i, row in enumerate(rows):
+                try:
+                    drawn.extend(self._sampler.sample(logits[i : i + 1], [row], [bans[i]]))
+                except Exception as error:
+                    drawn.append(f"sampling failed: {error}")
+        invalid = "the model produced invalid logits (NaN or infinity) for this request"
+        return [invalid if token is None else token for token in drawn]
+
+    def _fail(self, sequences: list[Sequence], reason: str) -> None:
+        for sequence in list(sequences):
+            log.error("request %s failed: %s", sequence.id, reason)
+            self.stats.failed_requests += 1
+            self._finish(sequence, "", "error", error=f"generation failed: {reason}")
+        _release_device_memory(self.model.device)
+
+    def _expire(self) -> None:
+        """`--request-timeout`: a request past its deadline ends with what it has (finish reason "length"); one
+        that has generated nothing yet gets a 503 to retry."""
+        now = time.monotonic()
+        for sequence in [*self._running, *self._waiting]:
+            if sequence.deadline is None or now < sequence.deadline:
+                continue
+            log.info("request %s timed out after %.1f s", sequence.id, now - sequence.submitted_at)
+            self.stats.timed_out_requests += 1
+            if sequence.output_ids:
+                self._finish(sequence, sequence.stops.flush(), "length")
+            else:
+                message = f"The request timed out after {self._request_timeout:g} s before generating anything."
+                self._finish(sequence, "", "error", error=message, error_status=503)
 
     def _admit(self) -> list[list[Sequence]]:
         """Moves waiting requests into the running set while sampler rows are free, a sample group at once."""
@@ -223,12 +330,13 @@ class Engine:
                 self._waiting.remove(sequence)
                 self._running.append(sequence)
                 sequence.row = self._sampler.add(sequence.request.prompt_ids, sequence.request.params)
+                self.stats.prompt_tokens += len(sequence.request.prompt_ids)
             self._runner.start_prefill(group[0].id, group[0].request.prompt_ids)
             admitted.append(group)
         return admitted
 
-    def _record_logprobs(self, logits: torch.Tensor, stepped: list[Sequence], tokens: list[int]) -> None:
-        wanted = [i for i, s in enumerate(stepped) if s.request.logprobs is not None]
+    def _record_logprobs(self, logits: torch.Tensor, stepped: list[Sequence], tokens: list[int | str]) -> None:
+        wanted = [i for i, s in enumerate(stepped) if s.request.logprobs is not None and isinstance(tokens[i], int)]
         if not wanted:
             return
         index = torch.tensor(wanted, device=logits.device)
@@ -250,6 +358,7 @@ class Engine:
             sequence.guard.before_token(sequence.detokenizer, sequence.stops)
         sequence.output_ids.append(token)
         self.stats.generated_tokens += 1
+        self._observe_token(sequence)
         if token in self.model.eos_ids:
             self._finish(sequence, sequence.stops.flush(), "stop", ended_by_token=True)
             return
@@ -264,6 +373,15 @@ class Engine:
             text = sequence.guard.sendable(scan, sequence.stops) if sequence.guard else scan.release
             if text:
                 sequence.handle.deliver(sequence.output(text))
+
+    def _observe_token(self, sequence: Sequence) -> None:
+        now = time.monotonic()
+        if self._timings is not None:
+            if sequence.last_token_at is None:
+                self._timings.first_token(now - sequence.submitted_at)
+            else:
+                self._timings.token_gap(now - sequence.last_token_at)
+        sequence.last_token_at = now
 
     def _back_off(self, sequence: Sequence, banned_at: int) -> None:
         """A banned string appeared: discard the tokens from the one that began it and sample that one again."""
@@ -293,6 +411,7 @@ class Engine:
         reason: FinishReason,
         error: str | None = None,
         *,
+        error_status: int = 500,
         ended_by_token: bool = False,
         stop_string: str | None = None,
     ) -> None:
@@ -300,11 +419,25 @@ class Engine:
             sequence.pending_logprobs.pop()  # the EOS or stop token is not part of the returned text
         if sequence.guard:
             text = sequence.guard.flush(text)
-        sequence.handle.deliver(sequence.output(text, reason, error, stop_string))
+        sequence.handle.deliver(sequence.output(text, reason, error, stop_string, error_status))
+        if self._log_content:
+            self._log_text(sequence, reason)
         self._remove(sequence, keep_cache=reason != "error")
         with self._in_flight_lock:
             self._in_flight -= 1
         self.stats.finished_requests += 1
+
+    def _log_text(self, sequence: Sequence, reason: FinishReason) -> None:
+        """`--log-content`: the prompt and output text, which are private and logged only when asked."""
+        decode = self.model.tokenizer.decode
+        record = {
+            "request_id": sequence.request.log_id,
+            "generation_id": sequence.id,
+            "finish_reason": reason,
+            "prompt": decode(sequence.request.prompt_ids),
+            "output": decode(sequence.output_ids),
+        }
+        content_log.info("%s", json.dumps(record, ensure_ascii=False))
 
     def _drop(self, matches: Callable[[Sequence], bool]) -> None:
         for sequence in [*self._running, *self._waiting]:
@@ -342,6 +475,18 @@ class Engine:
         self.stats.reused_tokens = self._runner.reused_tokens
         self.stats.prefix_cache_entries = len(self._runner.prefix_cache)
         self.stats.prefix_cache_tokens = self._runner.prefix_cache.tokens
+        self.stats.batch_cache_tokens = self._runner.batch_tokens
+
+
+def _describe(error: Exception) -> str:
+    return "out of memory" if isinstance(error, torch.OutOfMemoryError) else str(error)
+
+
+def _release_device_memory(device: torch.device) -> None:
+    """After a failure (out of memory, most likely): hand the freed blocks back so that the next step can use
+    them."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def kv_bytes_per_token(loaded: LoadedModel) -> int:

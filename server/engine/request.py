@@ -23,6 +23,7 @@ class GenerationRequest:
     banned_strings: tuple[str, ...] = ()  # never sent: the engine backs off and samples again
     client: str = ""  # who asked: KoboldCpp's abort stops that client's generations
     genkey: str | None = None  # KoboldCpp's name for one generation
+    log_id: str = ""  # the HTTP request's id (X-Request-ID), which `--log-content` lines carry
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class GenerationOutput:
     completion_tokens: int
     finish_reason: FinishReason | None = None
     error: str | None = None
+    error_status: int = 500  # the HTTP status an error answers with: 503 when retrying later can succeed
     logprobs: tuple[TokenLogprob, ...] = ()
     stop_string: str | None = None  # the stop string that ended generation, if one did
 

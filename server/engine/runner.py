@@ -46,6 +46,11 @@ class ModelRunner:
     def cached_sequences(self) -> int:
         return len(self._batch) + len(self._pending)
 
+    @property
+    def batch_tokens(self) -> int:
+        """KV positions allocated for the running rows, padding and holes included."""
+        return self._batch.allocated_tokens
+
     def prefill(self, sequence_id: str, token_ids: Sequence[int]) -> torch.Tensor:
         """The whole prompt at once: `start_prefill`, then `prefill_chunk` until it is done."""
         self.start_prefill(sequence_id, token_ids)
@@ -84,7 +89,12 @@ class ModelRunner:
         tokens = dict(steps)
         if set(tokens) != set(self._batch.rows):
             raise RuntimeError("a decode step must advance every sequence in the batch")
-        output = self._model(**self._batch.step_inputs(tokens), use_cache=True, logits_to_keep=1)
+        checkpoint = self._batch.checkpoint()
+        try:
+            output = self._model(**self._batch.step_inputs(tokens), use_cache=True, logits_to_keep=1)
+        except BaseException:
+            self._batch.restore(checkpoint)  # so that the rows that are not at fault can go on
+            raise
         index = torch.tensor(order_of(self._batch.rows, [sequence_id for sequence_id, _ in steps]), device=self._device)
         return output.logits[:, -1].index_select(0, index)
 

@@ -17,6 +17,9 @@ class Sequence:
     group: str | None = None  # samples of one prompt (n > 1) share its prefill
     row: int = -1  # the sampler row, once admitted
     prefilled: bool = False  # its prompt is in the batch cache: it advances with every decode step
+    submitted_at: float = 0.0  # time.monotonic() when it was queued
+    deadline: float | None = None  # `--request-timeout`: when it ends, whatever it has done
+    last_token_at: float | None = None
     stops: StopMatcher = field(init=False)
     output_ids: list[int] = field(default_factory=list)
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)
@@ -42,6 +45,7 @@ class Sequence:
         finish_reason: FinishReason | None = None,
         error: str | None = None,
         stop_string: str | None = None,
+        error_status: int = 500,
     ) -> GenerationOutput:
         logprobs, self.pending_logprobs = tuple(self.pending_logprobs), []
         return GenerationOutput(
@@ -50,6 +54,7 @@ class Sequence:
             completion_tokens=len(self.output_ids),
             finish_reason=finish_reason,
             error=error,
+            error_status=error_status,
             logprobs=logprobs,
             stop_string=stop_string,
         )

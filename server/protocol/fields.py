@@ -1,5 +1,7 @@
 """Which fields of a request body this server ignored: users see them in a response header, not only in logs."""
 
+from urllib.parse import quote
+
 from pydantic import AliasChoices, BaseModel
 
 IGNORED_FIELDS_HEADER = "X-Ignored-Fields"
@@ -20,4 +22,6 @@ def ignored_fields(request: BaseModel) -> list[str]:
 
 def ignored_fields_header(request: BaseModel) -> dict[str, str]:
     ignored = ignored_fields(request)
-    return {IGNORED_FIELDS_HEADER: ", ".join(ignored)} if ignored else {}
+    # A header holds printable ASCII only: other keys are shown percent-encoded.
+    shown = [key if key.isascii() and key.isprintable() else quote(key, safe="") for key in ignored]
+    return {IGNORED_FIELDS_HEADER: ", ".join(shown)} if ignored else {}

@@ -76,7 +76,7 @@ async def create_chat_completion(
         state=state,
         id_prefix="chatcmpl",
         logprobs=top if body.logprobs else None,
-        client=request.client.host if request.client else "",
+        http=request,
     )
     handles = engine.submit_samples(generations)
     headers = ignored_fields_header(body)

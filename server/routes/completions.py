@@ -56,7 +56,7 @@ async def create_completion(
         id_prefix="cmpl",
         logprobs=body.logprobs,
         skip_special_tokens=body.skip_special_tokens,
-        client=request.client.host if request.client else "",
+        http=request,
         genkey=body.genkey,
     )
     handles = engine.submit_samples(generations)

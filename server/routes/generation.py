@@ -32,11 +32,11 @@ def generation_requests(
     turns: int = 1,
     logprobs: int | None = None,
     skip_special_tokens: bool = True,
-    client: str = "",
+    http: Request,
     genkey: str | None = None,
 ) -> list[GenerationRequest]:
-    """One request per sample (`n`); raises APIError: 400 for anything the model cannot do with them, 429 when the
-    queue is full."""
+    """One request per sample (`n`) of the HTTP request `http`; raises APIError: 400 for anything the model cannot
+    do with them, 429 when the queue is full."""
     samples = n or 1
     check_limits(stops, fields, state)
     if samples > state.settings.max_running:
@@ -54,6 +54,11 @@ def generation_requests(
             headers={"Retry-After": "1"},
         )
     model = engine.model
+    if not prompt_ids:
+        raise APIError(400, "The prompt is empty: it must hold at least one token.", param="prompt")
+    outside = [token for token in prompt_ids if not 0 <= token < model.vocab_size]
+    if outside:
+        raise APIError(400, f"prompt: token id {outside[0]} is not in the vocabulary.", param="prompt")
     try:
         params = fields.sampling_params(state.sampling_defaults, state.settings.dry_breakers_always)
     except SamplingParamsError as error:
@@ -87,8 +92,9 @@ def generation_requests(
         logprobs=logprobs,
         skip_special_tokens=skip_special_tokens,
         banned_strings=tuple(text for text in fields.banned_strings or () if text),
-        client=client,
+        client=http.client.host if http.client else "",
         genkey=genkey,
+        log_id=getattr(http.state, "request_id", ""),
     )
     if samples == 1:
         return [base]
@@ -156,14 +162,16 @@ def without_leading_space(outputs: AsyncIterator[GenerationOutput]) -> AsyncIter
 
 async def completed(handles: list[GenerationHandle], request: Request) -> list[list[GenerationOutput]] | None:
     """Every sample's outputs of a non-streamed request; None when the client went away first. A generation that
-    failed in the engine answers 500 with the engine's reason."""
+    failed in the engine answers with the engine's reason and status (500, or 503 when a retry can succeed)."""
     try:
         samples = await collect(handles, request)
     except ClientDisconnected:
         return None
     for outputs in samples:
-        if outputs[-1].error:
-            raise APIError(500, outputs[-1].error)
+        final = outputs[-1]
+        if final.error:
+            retry = {"Retry-After": "1"} if final.error_status == 503 else None
+            raise APIError(final.error_status, final.error, headers=retry)
     record_usage(request, [outputs[-1] for outputs in samples])
     return samples
 

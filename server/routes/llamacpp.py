@@ -38,7 +38,7 @@ async def llamacpp_completion(body: LlamaCppCompletionRequest, request: Request)
         id_prefix="cmpl",
         logprobs=body.n_probs,
         skip_special_tokens=body.skip_special_tokens,
-        client=request.client.host if request.client else "",
+        http=request,
     )
     handles = engine.submit_samples(generations)
     headers = ignored_fields_header(body)

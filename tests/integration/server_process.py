@@ -21,12 +21,12 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None, module: str = "server") -> None:
         self.url = f"http://127.0.0.1:{free_port()}"
         self.log = tempfile.NamedTemporaryFile(prefix="rpserve-", suffix=".log", delete=False)  # noqa: SIM115
         self.health_statuses: list[int] = []
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "server", "--port", self.url.rsplit(":", 1)[1], *args],
+            [sys.executable, "-m", module, "--port", self.url.rsplit(":", 1)[1], *args],
             cwd=ROOT,
             stdout=self.log,
             stderr=subprocess.STDOUT,

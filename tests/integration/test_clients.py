@@ -85,6 +85,13 @@ def test_ignored_fields_are_listed_in_a_header(client):
         assert streamed.headers["x-ignored-fields"] == "mirostat_mode, typical_p"
 
 
+def test_ignored_fields_that_a_header_cannot_hold_are_percent_encoded(client):
+    body = {"prompt": PROMPT, "max_tokens": 1, "Ā": 1, "a\nb": 2}
+    response = client.post("/v1/completions", json=body)
+    assert response.status_code == 200
+    assert response.headers["x-ignored-fields"] == "a%0Ab, %C4%80"
+
+
 def test_kobold_abort_ends_that_clients_generation(server):
     body = endless_request(PROMPT, 3000, genkey="KCPP1234")
     result: dict = {}
@@ -122,6 +129,12 @@ def test_llamacpp_native_completion(client):
     long = " ".join(f"word{i}" for i in range(200))
     cut = client.post("/completion", json={"prompt": long, "n_predict": 4, "truncation_length": 40}).json()
     assert cut["tokens_evaluated"] == 36
+
+
+@pytest.mark.parametrize("prompt", [[-1, 5], [5, 10**9], []])
+def test_llamacpp_token_prompts_outside_the_vocabulary_or_empty_are_400s(client, prompt):
+    response = client.post("/completion", json={"prompt": prompt, "n_predict": 2, "add_bos_token": False})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "prompt"
 
 
 @pytest.fixture(scope="module")

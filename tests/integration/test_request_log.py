@@ -3,6 +3,11 @@
 import json
 import time
 
+import httpx
+
+from tests.integration.endless import endless_request
+from tests.integration.server_process import ServerProcess
+
 SECRET = "The password is swordfish-7731"
 
 
@@ -49,3 +54,30 @@ def test_an_id_is_made_when_none_or_a_bad_one_is_sent(client, server):
     assert odd != "bad id\twith spaces"
     refused = client.post("/v1/completions", json={"temperature": -1}, headers={"X-Request-ID": "req-bad-1"})
     assert log_record(server, "req-bad-1")["status"] == refused.status_code == 400
+
+
+def test_a_client_that_leaves_mid_stream_is_still_logged(client, server):
+    with client.stream(
+        "POST",
+        "/v1/completions",
+        json=endless_request(stream=True),
+        headers={"X-Request-ID": "req-left-1"},
+    ) as response:
+        next(response.iter_lines())
+    assert log_record(server, "req-left-1")["status"] == 200
+
+
+def test_log_content_logs_prompt_and_output_under_the_request_id():
+    server = ServerProcess("--log-content").wait_ready()
+    try:
+        body = {"prompt": SECRET, "max_tokens": 4, "seed": 1}
+        text = httpx.post(f"{server.url}/v1/completions", json=body, headers={"X-Request-ID": "req-debug-1"}).json()
+        deadline = time.monotonic() + 10
+        while "rpserve.content" not in server.output() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        line = next(line for line in server.output().splitlines() if "rpserve.content" in line)
+        record = json.loads(line[line.index("{") :])
+        assert record["request_id"] == "req-debug-1" and record["prompt"].endswith(SECRET)
+        assert record["output"] == text["choices"][0]["text"]
+    finally:
+        server.stop()

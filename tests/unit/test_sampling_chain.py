@@ -166,6 +166,7 @@ def test_rows_are_reused_after_removal():
         ("dry_sequence_breakers", ("x" * 65,)),
         ("dry_sequence_breakers", ("",)),
         ("repetition_penalty", 0.0),
+        ("repetition_penalty", 5e-324),
         ("order", ("dry", "top_k")),
     ],
 )
@@ -182,3 +183,23 @@ def test_card_defaults():
     assert "::::" in params.dry_sequence_breakers
     assert (params.repetition_penalty, params.frequency_penalty, params.presence_penalty) == (1.0, 0.0, 0.0)
     assert params.order == DEFAULT_ORDER == ("penalties", "dry", "top_k", "top_p", "min_p", "temperature")
+
+
+def test_rows_with_nan_or_no_possible_token_get_none_and_leave_the_others_alone():
+    s = sampler(rows=3)
+    params = SamplingParams(temperature=0, **NO_DRY)
+    healthy, broken, all_banned = s.add([0], params), s.add([0], params), s.add([0], params)
+    logits = torch.tensor([[0.0, 5.0] + [0.0] * 6, [float("nan")] + [0.0] * 7, [0.0] * 8])
+    assert s.sample(logits, [healthy, broken, all_banned], [frozenset(), frozenset(), frozenset(range(8))]) == [
+        1,
+        None,
+        None,
+    ]
+    # Only the healthy row recorded its token: the others can still take theirs (the engine fails them instead).
+    assert s.sample(logits[:1], [healthy]) == [1]
+
+
+def test_a_temperature_too_small_to_divide_by_is_greedy():
+    s = sampler(rows=1)
+    row = s.add([0], SamplingParams(temperature=5e-324, **NO_DRY))
+    assert s.sample(torch.tensor([[0.0, 5.0, 4.9] + [0.0] * 5]), [row]) == [1]
