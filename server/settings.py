@@ -93,6 +93,17 @@ class Settings(BaseSettings):
         description="Debugging only: log each generation's prompt and output text (private content) on the "
         "`rpserve.content` logger.",
     )
+    ray_min_replicas: int = Field(1, ge=1, description="Ray Serve (`rpserve-ray`): fewest model replicas.")
+    ray_max_replicas: int = Field(
+        1, ge=1, description="Ray Serve: most model replicas; above `--ray-min-replicas`, Serve autoscales."
+    )
+    ray_gpus_per_replica: float = Field(1, ge=0, description="Ray Serve: GPUs each model replica reserves.")
+    ray_cpus_per_replica: float = Field(1, ge=0, description="Ray Serve: CPUs each model replica reserves.")
+    ray_max_ongoing_requests: int | None = Field(
+        None,
+        ge=1,
+        description="Ray Serve: requests one replica accepts at once; unset: `--max-running` + `--max-queued`.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log verbosity.")
 
     @field_validator("stop_strings")

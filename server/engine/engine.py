@@ -128,6 +128,10 @@ class Engine:
     def start(self) -> None:
         self._thread.start()
 
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def shutdown(self) -> None:
         self._commands.put(_Shutdown())
         self._thread.join()
