@@ -16,6 +16,7 @@ from server.draining import Draining
 from server.engine.engine import Engine
 from server.engine.errors import ModelLoadError
 from server.engine.loader import load, served_name
+from server.engine.memory import kv_budget_bytes
 from server.errors import install_error_handlers
 from server.limits import BodyLimit
 from server.metrics import Metrics
@@ -38,10 +39,14 @@ def create_app(settings: Settings, on_load_failure: Callable[[str], None] | None
 
     def load_engine() -> None:
         try:
+            loaded = load(settings)
             engine = Engine(
-                load(settings),
+                loaded,
                 max_running=settings.max_running,
                 prefix_cache_mb=settings.prefix_cache_mb,
+                kv_budget_bytes=settings.kv_cache_mb * 2**20
+                if settings.kv_cache_mb
+                else kv_budget_bytes(loaded.device, settings.memory_fraction),
                 prefill_chunk=settings.prefill_chunk,
                 request_timeout=settings.request_timeout or None,
                 timings=metrics,
@@ -54,7 +59,13 @@ def create_app(settings: Settings, on_load_failure: Callable[[str], None] | None
             return
         engine.start()
         state.engine = engine
-        log.info("serving %s", state.model_name)
+        log.info(
+            "serving %s; KV cache budget %d tokens (%.0f MiB), prefix cache at most %d tokens",
+            state.model_name,
+            engine.kv_budget_tokens,
+            engine.kv_budget_tokens * engine.kv_bytes_per_token / 2**20,
+            engine.prefix_budget_tokens,
+        )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

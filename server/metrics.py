@@ -85,7 +85,12 @@ class _EngineCollector(Collector):
         usage.add_metric(["prefix_cache"], stats.prefix_cache_tokens * engine.kv_bytes_per_token)
         yield usage
         yield GaugeMetricFamily(
+            "rpserve_kv_cache_budget_bytes",
+            "Memory for KV caches, running requests and prefix cache together.",
+            value=engine.kv_budget_tokens * engine.kv_bytes_per_token,
+        )
+        yield GaugeMetricFamily(
             "rpserve_prefix_cache_budget_bytes",
-            "Memory the prefix cache may hold (--prefix-cache-mb).",
+            "Memory the prefix cache may hold at most (--prefix-cache-mb, within the KV budget).",
             value=engine.prefix_budget_tokens * engine.kv_bytes_per_token,
         )

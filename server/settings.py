@@ -68,8 +68,21 @@ class Settings(BaseSettings):
     prefix_cache_mb: int = Field(
         1024,
         ge=0,
-        description="Memory for KV caches of finished requests, reused by prompts that start the same way "
-        "(follow-up turns, swipes); 0 turns it off.",
+        description="At most this much of the KV-cache memory keeps caches of finished requests, reused by prompts "
+        "that start the same way (follow-up turns, swipes); 0 turns it off.",
+    )
+    memory_fraction: float = Field(
+        0.9,
+        gt=0.05,
+        le=1,
+        description="Share of the device's memory (a GPU's, or on CPU the memory available at start) that weights "
+        "and KV caches may use; running requests and the prefix cache share what the weights leave. A request "
+        "that does not fit waits.",
+    )
+    kv_cache_mb: int | None = Field(
+        None,
+        ge=1,
+        description="KV-cache memory for running requests and the prefix cache; unset: from `--memory-fraction`.",
     )
     prefill_chunk: int = Field(
         512,

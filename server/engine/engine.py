@@ -23,6 +23,7 @@ from sampling import Sampler, SamplingParams
 from server.engine.detokenizer import IncrementalDetokenizer, token_bytes_table, token_texts
 from server.engine.handle import GenerationHandle
 from server.engine.loader import LoadedModel
+from server.engine.memory import batch_footprint, reservation
 from server.engine.request import FinishReason, GenerationRequest, TokenLogprob
 from server.engine.runner import ModelRunner
 from server.engine.sequence import Sequence
@@ -83,6 +84,7 @@ class Engine:
         *,
         max_running: int,
         prefix_cache_mb: int,
+        kv_budget_bytes: int,
         prefill_chunk: int = 512,
         request_timeout: float | None = None,
         timings: TokenTimings | None = None,
@@ -99,7 +101,9 @@ class Engine:
         self._in_flight_lock = threading.Lock()
         self._prefilling: deque[list[Sequence]] = deque()
         self.kv_bytes_per_token = kv_bytes_per_token(loaded)
-        self.prefix_budget_tokens = prefix_cache_mb * 2**20 // self.kv_bytes_per_token
+        # Running requests and the prefix cache share one budget; the prefix cache never holds more than its cap.
+        self.kv_budget_tokens = kv_budget_bytes // self.kv_bytes_per_token
+        self.prefix_budget_tokens = min(prefix_cache_mb * 2**20 // self.kv_bytes_per_token, self.kv_budget_tokens)
         self._runner = ModelRunner(loaded.model, loaded.device, prefix_budget_tokens=self.prefix_budget_tokens)
         self._token_bytes = token_bytes_table(loaded.tokenizer, loaded.vocab_size)
         self._special_ids = frozenset(loaded.tokenizer.all_special_ids)
@@ -154,6 +158,7 @@ class Engine:
         group = requests[0].request_id if len(requests) > 1 else None
         now = time.monotonic()
         deadline = now + self._request_timeout if self._request_timeout else None
+        loaded_context = self.model.context_length
         handles = []
         for request in requests:
             handle = GenerationHandle(request.request_id, loop, self.abort)
@@ -165,6 +170,7 @@ class Engine:
                 group=group,
                 submitted_at=now,
                 deadline=deadline,
+                reservation=reservation(len(request.prompt_ids), request.max_tokens, loaded_context),
             )
             self._commands.put(_Add(sequence))
             handles.append(handle)
@@ -328,7 +334,7 @@ class Engine:
             group = [self._waiting[0]]
             if group[0].group is not None:
                 group = [s for s in self._waiting if s.group == group[0].group]
-            if len(self._running) + len(group) > self._max_running:
+            if len(self._running) + len(group) > self._max_running or not self._make_room(group):
                 break
             for sequence in group:
                 self._waiting.remove(sequence)
@@ -338,6 +344,16 @@ class Engine:
             self._runner.start_prefill(group[0].id, group[0].request.prompt_ids)
             admitted.append(group)
         return admitted
+
+    def _make_room(self, group: list[Sequence]) -> bool:
+        """Whether the KV budget holds the running requests and `group` at their widest, evicting prefix-cache
+        entries to make it so. A group that needs more than the whole budget runs alone (it may then fail with an
+        out-of-memory error, alone): it never waits forever."""
+        needed = batch_footprint([s.reservation for s in [*self._running, *group]])
+        if needed > self.kv_budget_tokens and self._running:
+            return False
+        self._runner.prefix_cache.evict_to(max(self.kv_budget_tokens - needed, 0))
+        return True
 
     def _record_logprobs(self, logits: torch.Tensor, stepped: list[Sequence], tokens: list[int | str]) -> None:
         wanted = [i for i, s in enumerate(stepped) if s.request.logprobs is not None and isinstance(tokens[i], int)]
@@ -459,6 +475,8 @@ class Engine:
         self._runner.release(sequence.id, held if keep_cache else None)
         if sequence.row >= 0:
             self._sampler.remove(sequence.row)
+        running = batch_footprint([s.reservation for s in self._running])
+        self._runner.prefix_cache.evict_to(max(self.kv_budget_tokens - running, 0))
 
     def _leave_prefill(self, sequence: Sequence) -> None:
         """Takes a request out of its prefill group; a sample group that loses its leader restarts with the next."""

@@ -50,7 +50,11 @@ class PrefixCache:
             if shared == len(key):
                 del self._entries[key]  # this one supersedes it
         self._entries[token_ids] = cache
-        while self.tokens > self.budget_tokens:
+        self.evict_to(self.budget_tokens)
+
+    def evict_to(self, tokens: int) -> None:
+        """Drops the least recently used entries until at most `tokens` are kept (running requests need room)."""
+        while self._entries and self.tokens > tokens:
             self._entries.popitem(last=False)
 
     def take(self, prompt_ids: Sequence[int]) -> tuple[DynamicCache | None, int]:

@@ -20,6 +20,7 @@ class Sequence:
     submitted_at: float = 0.0  # time.monotonic() when it was queued
     deadline: float | None = None  # `--request-timeout`: when it ends, whatever it has done
     last_token_at: float | None = None
+    reservation: int = 0  # KV positions it is counted for (see memory.py)
     stops: StopMatcher = field(init=False)
     output_ids: list[int] = field(default_factory=list)
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)

@@ -34,7 +34,7 @@ def test_a_running_request_ends_at_the_timeout_with_its_text():
 
 
 def test_a_request_that_waited_past_its_deadline_gets_503():
-    engine = Engine(load(Settings()), max_running=1, prefix_cache_mb=0, request_timeout=0.05)
+    engine = Engine(load(Settings()), max_running=1, prefix_cache_mb=0, kv_budget_bytes=2**30, request_timeout=0.05)
     request = GenerationRequest(
         request_id="late", prompt_ids=(1, 2, 3), params=SamplingParams(), stop_strings=(), max_tokens=5
     )

