@@ -51,6 +51,7 @@ def create_app(settings: Settings, on_load_failure: Callable[[str], None] | None
                 request_timeout=settings.request_timeout or None,
                 timings=metrics,
                 log_content=settings.log_content,
+                static_cache=settings.static_cache,
             )
         except ModelLoadError as error:
             log.error("%s", error)

@@ -84,6 +84,12 @@ class Settings(BaseSettings):
         ge=1,
         description="KV-cache memory for running requests and the prefix cache; unset: from `--memory-fraction`.",
     )
+    static_cache: bool = Field(
+        False,
+        description="Experimental: pre-allocate the running requests' KV cache (an equal share of the KV budget "
+        "per `--max-running` slot, which bounds the context) and, on CUDA, capture the decode step as CUDA graphs "
+        "with torch.compile. Not yet measured on a GPU.",
+    )
     prefill_chunk: int = Field(
         512,
         ge=16,

@@ -36,6 +36,10 @@ class BatchCache:
         return len(self.rows)
 
     @property
+    def row_ids(self) -> list[str]:
+        return list(self.rows)
+
+    @property
     def allocated_tokens(self) -> int:
         return self.mask.shape[0] * self.mask.shape[1]
 

@@ -7,6 +7,7 @@ which also frees the request's rows; a finished request's KV cache goes to the p
 """
 
 import asyncio
+import dataclasses
 import json
 import logging
 import queue
@@ -21,6 +22,7 @@ import torch
 
 from sampling import Sampler, SamplingParams
 from server.engine.detokenizer import IncrementalDetokenizer, token_bytes_table, token_texts
+from server.engine.errors import ModelLoadError
 from server.engine.handle import GenerationHandle
 from server.engine.loader import LoadedModel
 from server.engine.memory import batch_footprint, reservation
@@ -89,6 +91,7 @@ class Engine:
         request_timeout: float | None = None,
         timings: TokenTimings | None = None,
         log_content: bool = False,
+        static_cache: bool = False,
     ) -> None:
         self.model = loaded
         self.stats = EngineStats()
@@ -104,7 +107,17 @@ class Engine:
         # Running requests and the prefix cache share one budget; the prefix cache never holds more than its cap.
         self.kv_budget_tokens = kv_budget_bytes // self.kv_bytes_per_token
         self.prefix_budget_tokens = min(prefix_cache_mb * 2**20 // self.kv_bytes_per_token, self.kv_budget_tokens)
-        self._runner = ModelRunner(loaded.model, loaded.device, prefix_budget_tokens=self.prefix_budget_tokens)
+        static = None
+        if static_cache:
+            # Every slot gets an equal share of what the prefix cache leaves, which bounds the context.
+            width = min(loaded.context_length + 1, (self.kv_budget_tokens - self.prefix_budget_tokens) // max_running)
+            if width < 2:
+                raise ModelLoadError("--static-cache: the KV budget leaves no room for a request; raise it")
+            static = (max_running, width)
+            self.model = loaded = dataclasses.replace(loaded, context_length=width - 1)
+        self._runner = ModelRunner(
+            loaded.model, loaded.device, prefix_budget_tokens=self.prefix_budget_tokens, static=static
+        )
         self._token_bytes = token_bytes_table(loaded.tokenizer, loaded.vocab_size)
         self._special_ids = frozenset(loaded.tokenizer.all_special_ids)
         # Texts user content must not contain: each would be read as its special token.

@@ -13,6 +13,7 @@ from transformers import DynamicCache, PreTrainedModel
 
 from server.engine.batch_cache import BatchCache, order_of
 from server.engine.prefix_cache import PrefixCache
+from server.engine.static_batch_cache import StaticBatchCache
 
 
 @dataclass
@@ -25,10 +26,25 @@ class _Prefill:
 
 
 class ModelRunner:
-    def __init__(self, model: PreTrainedModel, device: torch.device, prefix_budget_tokens: int) -> None:
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        device: torch.device,
+        prefix_budget_tokens: int,
+        static: tuple[int, int] | None = None,
+    ) -> None:
+        """`static`: (slots, width) of a pre-allocated batch cache; on CUDA its decode step is then compiled and
+        captured as CUDA graphs."""
         self._model = model
         self._device = device
-        self._batch = BatchCache(model.config, device)
+        self._batch: BatchCache | StaticBatchCache = BatchCache(model.config, device)
+        self._decode_forward = model
+        if static is not None:
+            slots, width = static
+            self._batch = StaticBatchCache(model.config, device, model.dtype, slots=slots, width=width)
+            if device.type == "cuda":
+                # Same shapes and addresses every step: torch.compile captures the step and replays it.
+                self._decode_forward = torch.compile(model, mode="reduce-overhead", dynamic=False)
         self._pending: dict[str, _Prefill] = {}
         self._prefixes = PrefixCache(prefix_budget_tokens)
         self.prefilled_tokens = 0
@@ -87,11 +103,11 @@ class ModelRunner:
         """One forward for every sequence in the batch, each fed its last token; logits in the order of `steps`
         (which must name every running sequence)."""
         tokens = dict(steps)
-        if set(tokens) != set(self._batch.rows):
+        if set(tokens) != set(self._batch.row_ids):
             raise RuntimeError("a decode step must advance every sequence in the batch")
         checkpoint = self._batch.checkpoint()
         try:
-            output = self._model(**self._batch.step_inputs(tokens), use_cache=True, logits_to_keep=1)
+            output = self._decode_forward(**self._batch.step_inputs(tokens), use_cache=True, logits_to_keep=1)
         except BaseException:
             self._batch.restore(checkpoint)  # so that the rows that are not at fault can go on
             raise
@@ -109,7 +125,7 @@ class ModelRunner:
     def release(self, sequence_id: str, token_ids: Sequence[int] | None = None) -> None:
         """Frees a sequence's rows, keeping its cache for later prompts when `token_ids` (what it holds) are given."""
         self._pending.pop(sequence_id, None)
-        if sequence_id not in self._batch.rows:
+        if sequence_id not in self._batch.row_ids:
             return
         keep = token_ids is not None and self._prefixes.budget_tokens > 0
         if keep and self._batch.real_length(sequence_id) == len(token_ids):

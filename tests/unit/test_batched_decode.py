@@ -3,6 +3,7 @@
 import torch
 
 from server.engine.runner import ModelRunner
+from server.engine.static_batch_cache import StaticBatchCache
 from tests.toy import tiny_llama
 
 
@@ -82,3 +83,38 @@ def test_finished_rows_feed_the_prefix_cache():
     reference = ModelRunner(model, torch.device("cpu"), prefix_budget_tokens=0).prefill("d", [*prompt, token, 7])
     assert runner.reused_tokens == len(prompt) + 1
     torch.testing.assert_close(warm, reference, atol=1e-5, rtol=1e-5)
+
+
+@torch.inference_mode()
+def test_the_static_cache_gives_what_each_sequence_gets_alone(monkeypatch):
+    """Pre-allocated buffers: a longer prompt joining shifts the rows, a full buffer is compacted, free slots are
+    masked."""
+    moves = []
+    for name in ("_shift", "_compact"):
+        original = getattr(StaticBatchCache, name)
+        monkeypatch.setattr(
+            StaticBatchCache, name, lambda self, *a, _o=original, _n=name: (moves.append(_n), _o(self, *a))[1]
+        )
+    model = tiny_llama()
+    prompts = {"a": list(range(1, 30)), "b": list(range(5, 12)), "c": [3, 9, 27, 17, 50], "d": list(range(20, 55))}
+    steps = 14
+    expected = {name: greedy_alone(model, prompt, steps) for name, prompt in prompts.items()}
+    runner = ModelRunner(model, torch.device("cpu"), prefix_budget_tokens=0, static=(3, 52))
+    got = {"b": [int(runner.prefill("b", prompts["b"]).argmax())]}
+    got["a"] = [int(runner.prefill("a", prompts["a"]).argmax())]  # longer than the write column: rows shift
+    for step in range(40):
+        if step == 3:
+            got["c"] = [int(runner.prefill("c", prompts["c"]).argmax())]
+        if step == 14:  # "a" and "b" are done: "d" joins, and the buffer soon needs compacting
+            got["d"] = [int(runner.prefill("d", prompts["d"]).argmax())]
+        live = [name for name in got if len(got[name]) < steps]
+        if not live:
+            break
+        logits = runner.decode([(name, got[name][-1]) for name in live])
+        for name, row in zip(live, logits, strict=True):
+            got[name].append(int(row.argmax()))
+            if len(got[name]) == steps:
+                runner.release(name)
+    assert got == expected
+    assert runner.cached_sequences == 0
+    assert {"_shift", "_compact"} <= set(moves)
