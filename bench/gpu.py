@@ -2,13 +2,14 @@
 to download), measured against the card's memory-bandwidth ceiling and against plain `transformers` `generate()`
 in the same run.
 
-    .venv/bin/python -m bench.gpu                 # on a CUDA machine: about 5 minutes on one H100
+    .venv/bin/python -m bench.gpu                 # on a CUDA machine (meant to take under 8 minutes on one H100)
     .venv/bin/python -m bench.gpu --size tiny     # a small Llama on whatever device there is (checks the script)
 
 Measures: copy bandwidth; single-stream decode tokens/s at 2k and 8k context; aggregate decode tokens/s at 8 and
-32 streams (2k context each); prefill tokens/s at 8k; the same decode figures with `generate()`; and a random
-LoRA adapter merged against unmerged. The ceiling of a decode step is (weight bytes + KV bytes it reads) over the
-copy bandwidth. Every stream of ours runs through the engine with the model card's samplers (min-p and DRY).
+32 streams (2k context each); prefill tokens/s at 8k; the same decode figures with `generate()`; a random LoRA
+adapter merged against unmerged; and the `--static-cache` engine (decode step captured as CUDA graphs) at 1 and
+32 streams. The ceiling of a decode step is (weight bytes + KV bytes it reads) over the copy bandwidth. Every
+stream of ours runs through the engine with the model card's samplers (min-p and DRY).
 Prints a table and writes JSON (default bench/results/gpu-<device>.json).
 """
 
@@ -188,15 +189,38 @@ def ceiling(weight_bytes: int, kv_per_token: int, streams: int, context: int, ba
     return streams * bandwidth / (weight_bytes + streams * context * kv_per_token)
 
 
-def new_engine(loaded: LoadedModel, max_running: int) -> Engine:
+def new_engine(loaded: LoadedModel, max_running: int, *, static_cache: bool = False) -> Engine:
     engine = Engine(
         loaded,
         max_running=max_running,
         prefix_cache_mb=0,  # every measurement is cold
         kv_budget_bytes=kv_budget_bytes(loaded.device, 0.9),
+        static_cache=static_cache,
     )
     engine.start()
     return engine
+
+
+def static_cache_rates(loaded: LoadedModel) -> dict:
+    """`--static-cache`: decode tokens/s at 1 and 32 streams (2k context); its first steps compile and capture.
+    An error is reported, not raised: this path has not been run on a GPU before."""
+    try:
+        engine = new_engine(loaded, max_running=32, static_cache=True)
+    except Exception as error:
+        return {"error": f"{type(error).__name__}: {error}"}
+    try:
+        compile_started = time.perf_counter()
+        ours(engine, 1, 256, 8, seed=0)
+        ours(engine, 32, 256, 8, seed=1)
+        rates = {"compile_and_warm_up_s": round(time.perf_counter() - compile_started, 1)}
+        for streams in (1, 32):
+            rate = ours(engine, streams, 2048, 128, seed=streams * 7)["decode_tokens_per_s"]
+            rates[f"{streams}_streams"] = round(rate, 1)
+        return rates
+    except Exception as error:
+        return {"error": f"{type(error).__name__}: {error}"}
+    finally:
+        engine.shutdown()
 
 
 def add_random_lora(model: LlamaForCausalLM, rank: int = 16):
@@ -257,6 +281,8 @@ def main() -> None:
     finally:
         engine.shutdown()
 
+    static = static_cache_rates(loaded)
+
     unmerged_model = add_random_lora(loaded.model)
     lora = {}
     for label, model in (("unmerged", unmerged_model), ("merged", None)):
@@ -280,6 +306,7 @@ def main() -> None:
         "prefill_tokens_per_s_8k": round(prefill, 1),
         "aggregate_32_over_single_2k": round(rows[3]["ours"] / single[2048], 2),
         "lora_decode_tokens_per_s": {k: round(v, 1) for k, v in lora.items()},
+        "static_cache_decode_tokens_per_s_2k": static,
         "seconds": round(time.perf_counter() - started, 1),
     }
     print(f"{card}: copy bandwidth {result['copy_bandwidth_gb_s']} GB/s, weights {result['weight_gb']} GB")

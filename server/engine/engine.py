@@ -24,6 +24,7 @@ from sampling import Sampler, SamplingParams
 from server.engine.detokenizer import IncrementalDetokenizer, token_bytes_table, token_texts
 from server.engine.errors import ModelLoadError
 from server.engine.handle import GenerationHandle
+from server.engine.host_memory import release_free_host_memory
 from server.engine.loader import LoadedModel
 from server.engine.memory import batch_footprint, reservation
 from server.engine.request import FinishReason, GenerationRequest, TokenLogprob
@@ -203,7 +204,12 @@ class Engine:
 
     def _loop(self) -> None:
         with torch.inference_mode():
-            while self._take_commands(block=not (self._running or self._waiting)):
+            while True:
+                idle = not (self._running or self._waiting)
+                if idle:
+                    release_free_host_memory(self.model.device)
+                if not self._take_commands(block=idle):
+                    break
                 try:
                     self._step()
                 except Exception as error:  # the last resort: each part of the step isolates its own faults
