@@ -1,7 +1,10 @@
-"""The floor for `bench/serve.py`: the bare model loop on the same model and prompt shape, one stream, no server,
-no sampling chain (arg-max), a KV cache and nothing else.
+"""The floor for `bench/serve.py`: the bare model loop on the same model and prompt shape, no server, no
+sampling chain (arg-max), a KV cache and nothing else.
 
-    .venv/bin/python -m bench.raw_loop [--history-tokens 2000] [--new-tokens 50] [--max-tokens 64]
+    .venv/bin/python -m bench.raw_loop [--history-tokens 2000] [--new-tokens 50] [--max-tokens 64] [--streams N]
+
+With `--streams N`, N prompts of the same length decode as one batch (no padding): how much faster N streams can
+go than one on this machine at best, the ceiling for the server's aggregate throughput.
 """
 
 import argparse
@@ -25,13 +28,14 @@ def main() -> None:
     parser.add_argument("--history-tokens", type=int, default=2000)
     parser.add_argument("--new-tokens", type=int, default=50)
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "raw-loop.json")
+    parser.add_argument("--streams", type=int, default=1)
+    parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
     loaded = load(Settings(_cli_parse_args=[]))
     model = loaded.model
     prompt = roleplay_history(1000, args.history_tokens) + new_turn(1000, args.new_tokens)
-    ids = torch.tensor([encode_prompt(loaded.tokenizer, prompt, add_bos=True)])
+    ids = torch.tensor([encode_prompt(loaded.tokenizer, prompt, add_bos=True)] * args.streams)
     cache = DynamicCache(config=model.config)
     started = time.perf_counter()
     logits = model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
@@ -42,19 +46,22 @@ def main() -> None:
         step = time.perf_counter()
         logits = model(input_ids=token, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
         token = logits.argmax(-1, keepdim=True)
-        token.item()  # the server reads each token back too
+        token.tolist()  # the server reads each token back too
         gaps.append(time.perf_counter() - step)
     result = {
         "label": "raw-loop",
+        "streams": args.streams,
         "prompt_tokens": ids.shape[1],
         "ttft_s": round(ttft, 3),
         "itl_median_ms": round(statistics.median(gaps) * 1000, 1),
-        "throughput_tok_s": round(args.max_tokens / (ttft + sum(gaps)), 2),
-        "decode_tok_s": round(len(gaps) / sum(gaps), 2),
+        "throughput_tok_s": round(args.streams * args.max_tokens / (ttft + sum(gaps)), 2),
+        "decode_tok_s": round(args.streams * len(gaps) / sum(gaps), 2),
     }
     print(json.dumps(result))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    suffix = f"-{args.streams}-streams" if args.streams > 1 else ""
+    out = args.out or Path(__file__).parent / "results" / f"raw-loop{suffix}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
