@@ -2,8 +2,8 @@
 comes in bounded time, is never a 5xx, and every error is in OpenAI's shape. The example count is bounded so that
 CI stays fast; `--request-timeout` bounds the generations that random `max_tokens` values ask for."""
 
-import httpx
 import pytest
+import requests
 import schemathesis
 from hypothesis import HealthCheck, settings
 
@@ -34,7 +34,7 @@ def fuzzed_server():
 def test_any_request_gets_a_bounded_answer_that_is_not_a_5xx(fuzzed_server, case):
     try:
         response = case.call(base_url=fuzzed_server.url, timeout=30)
-    except httpx.TimeoutException:  # pragma: no cover - the failure this test exists to catch
+    except requests.Timeout:  # schemathesis calls through `requests`
         pytest.fail(f"no answer within 30 s to {case.method} {case.path}")
     assert response.status_code < 500, (case.method, case.formatted_path, case.body, response.text[:300])
     if response.status_code >= 400:
