@@ -32,9 +32,10 @@ class ModelRunner:
         device: torch.device,
         prefix_budget_tokens: int,
         static: tuple[int, int] | None = None,
+        compile_decode: bool | None = None,
     ) -> None:
-        """`static`: (slots, width) of a pre-allocated batch cache; on CUDA its decode step is then compiled and
-        captured as CUDA graphs."""
+        """`static`: (slots, width) of a pre-allocated batch cache. Its decode step is then compiled
+        (`compile_decode`, by default on CUDA only), and on CUDA captured as CUDA graphs."""
         self._model = model
         self._device = device
         self._batch: BatchCache | StaticBatchCache = BatchCache(model.config, device)
@@ -42,9 +43,10 @@ class ModelRunner:
         if static is not None:
             slots, width = static
             self._batch = StaticBatchCache(model.config, device, model.dtype, slots=slots, width=width)
-            if device.type == "cuda":
-                # Same shapes and addresses every step: torch.compile captures the step and replays it.
-                self._decode_forward = torch.compile(model, mode="reduce-overhead", dynamic=False)
+            if compile_decode if compile_decode is not None else device.type == "cuda":
+                # Same shapes and addresses every step: one graph, which on CUDA is captured and replayed.
+                mode = "reduce-overhead" if device.type == "cuda" else "default"
+                self._decode_forward = torch.compile(model, mode=mode, dynamic=False)
         self._pending: dict[str, _Prefill] = {}
         self._prefixes = PrefixCache(prefix_budget_tokens)
         self.prefilled_tokens = 0

@@ -118,3 +118,28 @@ def test_the_static_cache_gives_what_each_sequence_gets_alone(monkeypatch):
     assert got == expected
     assert runner.cached_sequences == 0
     assert {"_shift", "_compact"} <= set(moves)
+
+
+@torch.inference_mode()
+def test_the_compiled_static_decode_step_is_one_graph_with_the_same_tokens():
+    """What makes the step capturable as CUDA graphs: fixed shapes and inputs, so one compiled graph serves every
+    step, rows joining and leaving included (here compiled for CPU)."""
+    from torch._dynamo.utils import counters
+
+    model = tiny_llama()
+    prompts = {"a": list(range(1, 20)), "b": [3, 4, 5], "c": list(range(30, 40))}
+    expected = {name: greedy_alone(model, prompt, 8) for name, prompt in prompts.items()}
+    torch._dynamo.reset()
+    counters.clear()
+    runner = ModelRunner(model, torch.device("cpu"), 0, static=(2, 40), compile_decode=True)
+    got = {name: [int(runner.prefill(name, prompts[name]).argmax())] for name in ("a", "b")}
+    while any(len(tokens) < 8 for tokens in got.values()):
+        live = [name for name in got if len(got[name]) < 8]
+        for name, row in zip(live, runner.decode([(n, got[n][-1]) for n in live]), strict=True):
+            got[name].append(int(row.argmax()))
+            if len(got[name]) == 8:
+                runner.release(name)
+                if "c" not in got:  # a new row takes the freed slot
+                    got["c"] = [int(runner.prefill("c", prompts["c"]).argmax())]
+    assert got == expected
+    assert counters["stats"]["unique_graphs"] == 1
