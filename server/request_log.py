@@ -1,5 +1,5 @@
-"""One structured log line per request, with its id (`X-Request-ID`, honoured or made), status, duration and
-token counts, and never any prompt or output text: that content is private.
+"""One structured log line per request, with its id (`X-Request-ID`, honoured or made), status, duration, time to
+the first byte of the answer and token counts, and never any prompt or output text: that content is private.
 
 Plain ASGI middleware, not Starlette's BaseHTTPMiddleware: that one hides the client's disconnect from the
 routes, which must see it to cancel generation. The id is set before the route runs, and the usage a route
@@ -42,12 +42,15 @@ class RequestLog:
         state = scope.setdefault("state", {})
         state["request_id"] = identifier = request_id(Headers(scope=scope))
         status = 500  # what a route that raised answers
+        first_byte: float | None = None  # for a stream, about when its first token went out
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, first_byte
             if message["type"] == "http.response.start":
                 status = message["status"]
                 MutableHeaders(scope=message)["x-request-id"] = identifier
+            elif first_byte is None and message.get("body"):
+                first_byte = time.perf_counter()
             await send(message)
 
         try:
@@ -60,6 +63,8 @@ class RequestLog:
                 "status": status,
                 "duration_ms": round((time.perf_counter() - started) * 1000, 1),
             }
+            if first_byte is not None:
+                record["first_byte_ms"] = round((first_byte - started) * 1000, 1)
             usage = state.get("usage")
             if usage is not None:
                 record["prompt_tokens"], record["completion_tokens"] = usage

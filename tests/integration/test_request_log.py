@@ -45,6 +45,7 @@ def test_streamed_requests_are_logged_when_the_stream_ends(client, server):
         list(response.iter_lines())
     record = log_record(server, "req-stream-1")
     assert record["completion_tokens"] == 4 and record["status"] == 200
+    assert 0 < record["first_byte_ms"] <= record["duration_ms"]
 
 
 def test_an_id_is_made_when_none_or_a_bad_one_is_sent(client, server):
