@@ -8,14 +8,13 @@ from collections.abc import Iterator
 from types import FrameType
 
 import uvicorn
-from pydantic import ValidationError
 from sse_starlette.sse import AppStatus
 
 from server.app import create_app
 from server.engine.errors import ModelLoadError
 from server.engine.loader import resolve_device
 from server.sampling_defaults import PresetError
-from server.settings import Settings
+from server.settings import command_line_settings
 from server.state import ServerState
 
 # After the drain: time for cancelled requests to send their last event before their connections are cut.
@@ -59,11 +58,8 @@ class _Server(uvicorn.Server):
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        settings = Settings(_cli_parse_args=sys.argv[1:] if argv is None else argv)
-    except ValidationError as error:
-        first = error.errors()[0]
-        print(f"rpserve: error: {'.'.join(map(str, first['loc']))}: {first['msg']}", file=sys.stderr)
+    settings = command_line_settings("rpserve", argv)
+    if settings is None:
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -1,9 +1,10 @@
 """The one settings object: every option comes from a command-line flag or an RPSERVE_* environment variable."""
 
+import sys
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from prompting import STOP_STRING
@@ -131,3 +132,14 @@ class Settings(BaseSettings):
         if any(stop == "" for stop in stops):
             raise ValueError("stop strings must not be empty")
         return stops
+
+
+def command_line_settings(program: str, argv: list[str] | None = None) -> Settings | None:
+    """The settings from flags (`argv`, default the process's) and environment; None after printing the first
+    problem as one `<program>: error: ...` line."""
+    try:
+        return Settings(_cli_parse_args=sys.argv[1:] if argv is None else argv)
+    except ValidationError as error:
+        first = error.errors()[0]
+        print(f"{program}: error: {'.'.join(map(str, first['loc']))}: {first['msg']}", file=sys.stderr)
+        return None

@@ -5,6 +5,7 @@ positions are real (1) or padding (0). A row that backs off (banned strings) tur
 masked holes instead of moving data. RoPE positions are tracked per row, so padding and holes never shift them.
 """
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 import torch
@@ -23,7 +24,43 @@ def _pad_left(tensor: torch.Tensor, amount: int, dim: int) -> torch.Tensor:
     return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
 
 
-class BatchCache:
+class RowLayout(ABC):
+    """What both batch caches (this one and StaticBatchCache) share: each row's positions in one 2-D mask (1: a real
+    position, 0: padding or a hole) and its next RoPE position."""
+
+    _config: object
+    mask: torch.Tensor
+    rows: Sequence[str | None]
+    positions: list[int]
+
+    @abstractmethod
+    def _cache_layers(self) -> list:
+        """The layers holding keys and values, each [rows, kv heads, width, head dim]."""
+
+    def forget_last(self, row_id: str, count: int) -> None:
+        """Masks out a row's last `count` real positions (a back-off), leaving holes the attention skips."""
+        index = self.rows.index(row_id)
+        real = self.mask[index].nonzero().flatten()
+        if count > 0:
+            self.mask[index, real[-count:]] = 0
+            self.positions[index] -= count
+
+    def extract(self, row_id: str) -> DynamicCache:
+        """A standalone cache of one row's real positions (for the prefix cache)."""
+        index = self.rows.index(row_id)
+        real = self.mask[index].nonzero().flatten()
+        extracted = DynamicCache(config=self._config)
+        for layer_index, layer in enumerate(self._cache_layers()):
+            extracted.update(
+                layer.keys[index : index + 1, :, real], layer.values[index : index + 1, :, real], layer_index
+            )
+        return extracted
+
+    def real_length(self, row_id: str) -> int:
+        return self.positions[self.rows.index(row_id)]
+
+
+class BatchCache(RowLayout):
     def __init__(self, config: object, device: torch.device) -> None:
         self._config = config
         self._device = device
@@ -38,6 +75,10 @@ class BatchCache:
     @property
     def row_ids(self) -> list[str]:
         return list(self.rows)
+
+    def _cache_layers(self) -> list:
+        assert self.cache is not None
+        return _layers(self.cache)
 
     @property
     def allocated_tokens(self) -> int:
@@ -92,26 +133,6 @@ class BatchCache:
                 layer.keys, layer.values = layer.keys[:, :, :width], layer.values[:, :, :width]
         self.mask, self.positions = self.mask[:, :width], positions
 
-    def forget_last(self, row_id: str, count: int) -> None:
-        """Masks out a row's last `count` real positions (a back-off), leaving holes the attention skips."""
-        index = self.rows.index(row_id)
-        real = self.mask[index].nonzero().flatten()
-        if count > 0:
-            self.mask[index, real[-count:]] = 0
-            self.positions[index] -= count
-
-    def extract(self, row_id: str) -> DynamicCache:
-        """A standalone cache of one row's real positions (for the prefix cache)."""
-        index = self.rows.index(row_id)
-        assert self.cache is not None
-        real = self.mask[index].nonzero().flatten()
-        extracted = DynamicCache(config=self._config)
-        for layer_index, layer in enumerate(_layers(self.cache)):
-            extracted.update(
-                layer.keys[index : index + 1, :, real], layer.values[index : index + 1, :, real], layer_index
-            )
-        return extracted
-
     def remove(self, row_id: str) -> None:
         index = self.rows.index(row_id)
         keep = [i for i in range(len(self.rows)) if i != index]
@@ -129,9 +150,6 @@ class BatchCache:
             layer.keys = layer.keys.index_select(0, kept)[:, :, start:]
             layer.values = layer.values.index_select(0, kept)[:, :, start:]
         self.mask = mask[:, start:]
-
-    def real_length(self, row_id: str) -> int:
-        return self.positions[self.rows.index(row_id)]
 
 
 def order_of(rows: Sequence[str], wanted: Sequence[str]) -> list[int]:

@@ -371,8 +371,12 @@ class Engine:
         needed = batch_footprint([s.reservation for s in [*self._running, *group]])
         if needed > self.kv_budget_tokens and self._running:
             return False
-        self._runner.prefix_cache.evict_to(max(self.kv_budget_tokens - needed, 0))
+        self._fit_prefix_cache(needed)
         return True
+
+    def _fit_prefix_cache(self, running_tokens: int) -> None:
+        """Shrinks the prefix cache to what the running requests' footprint leaves of the budget."""
+        self._runner.prefix_cache.evict_to(max(self.kv_budget_tokens - running_tokens, 0))
 
     def _record_logprobs(self, logits: torch.Tensor, stepped: list[Sequence], tokens: list[int | str]) -> None:
         wanted = [i for i, s in enumerate(stepped) if s.request.logprobs is not None and isinstance(tokens[i], int)]
@@ -494,8 +498,7 @@ class Engine:
         self._runner.release(sequence.id, held if keep_cache else None)
         if sequence.row >= 0:
             self._sampler.remove(sequence.row)
-        running = batch_footprint([s.reservation for s in self._running])
-        self._runner.prefix_cache.evict_to(max(self.kv_budget_tokens - running, 0))
+        self._fit_prefix_cache(batch_footprint([s.reservation for s in self._running]))
 
     def _leave_prefill(self, sequence: Sequence) -> None:
         """Takes a request out of its prefill group; a sample group that loses its leader restarts with the next."""

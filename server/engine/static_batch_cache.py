@@ -11,10 +11,10 @@ full buffer is compacted by dropping the columns no row uses.
 import torch
 from transformers import DynamicCache, StaticCache
 
-from server.engine.batch_cache import _layers
+from server.engine.batch_cache import RowLayout, _layers
 
 
-class StaticBatchCache:
+class StaticBatchCache(RowLayout):
     def __init__(self, config: object, device: torch.device, dtype: torch.dtype, *, slots: int, width: int) -> None:
         self._config = config
         self._device = device
@@ -46,6 +46,9 @@ class StaticBatchCache:
     @property
     def allocated_tokens(self) -> int:
         return self.mask.numel()
+
+    def _cache_layers(self) -> list:
+        return self.cache.layers
 
     @property
     def room(self) -> int:
@@ -106,30 +109,12 @@ class StaticBatchCache:
         if self.column < self.width:
             self.mask[:, self.column] = 0
 
-    def forget_last(self, row_id: str, count: int) -> None:
-        slot = self.rows.index(row_id)
-        real = self.mask[slot].nonzero().flatten()
-        if count > 0:
-            self.mask[slot, real[-count:]] = 0
-            self.positions[slot] -= count
-
-    def extract(self, row_id: str) -> DynamicCache:
-        slot = self.rows.index(row_id)
-        real = self.mask[slot].nonzero().flatten()
-        extracted = DynamicCache(config=self._config)
-        for layer_index, layer in enumerate(self.cache.layers):
-            extracted.update(layer.keys[slot : slot + 1, :, real], layer.values[slot : slot + 1, :, real], layer_index)
-        return extracted
-
     def remove(self, row_id: str) -> None:
         slot = self.rows.index(row_id)
         self.rows[slot], self.positions[slot] = None, 0
         self.mask[slot] = 0
         if not self.row_ids:
             self.column = 0
-
-    def real_length(self, row_id: str) -> int:
-        return self.positions[self.rows.index(row_id)]
 
     def _shift(self, amount: int) -> None:
         """Moves every row `amount` columns to the right (a longer prompt joins; `join` checked that it fits)."""

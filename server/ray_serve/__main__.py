@@ -10,20 +10,16 @@ import sys
 import threading
 
 import ray
-from pydantic import ValidationError
 from ray import serve
 from ray.serve.config import HTTPOptions
 
 from server.ray_serve.deployment import build
-from server.settings import Settings
+from server.settings import command_line_settings
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        settings = Settings(_cli_parse_args=sys.argv[1:] if argv is None else argv)
-    except ValidationError as error:
-        first = error.errors()[0]
-        print(f"rpserve-ray: error: {'.'.join(map(str, first['loc']))}: {first['msg']}", file=sys.stderr)
+    settings = command_line_settings("rpserve-ray", argv)
+    if settings is None:
         return 2
     ray.init(address=os.environ.get("RAY_ADDRESS") or None)
     serve.start(http_options=HTTPOptions(host=settings.host, port=settings.port))

@@ -29,7 +29,6 @@ _SCOPE_KEYS = (
     "headers",
     "client",
     "server",
-    "root_path",
 )
 
 CONVERSATION_HEADER = "x-conversation-id"
@@ -45,8 +44,8 @@ class Gateway:
     @gateway_app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"])
     async def forward(self, request: Request) -> StreamingResponse:
         body = await request.body()
-        scope = {key: request.scope[key] for key in _SCOPE_KEYS if key in request.scope}
-        scope["root_path"] = ""
+        # The replica's app is mounted at its root.
+        scope = {key: request.scope[key] for key in _SCOPE_KEYS if key in request.scope} | {"root_path": ""}
         # A client that knows its chat's id may name it; otherwise the prompt's beginning tells the chat.
         key = request.headers.get(CONVERSATION_HEADER) or conversation_key(request.url.path, body)
         messages = self._model.remote(scope, body, **{AFFINITY_KWARG: key})

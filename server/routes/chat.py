@@ -72,8 +72,6 @@ async def create_chat_completion(
         stops=body.stop_list() if several else [NEXT_TURN, *body.stop_list()],
         turn_stops=(NEXT_TURN, LABEL_MARK) if several else (),
         turns=body.max_turns,
-        engine=engine,
-        state=state,
         id_prefix="chatcmpl",
         logprobs=top if body.logprobs else None,
         http=request,

@@ -51,8 +51,6 @@ async def create_completion(
         max_tokens=body.max_tokens,
         n=body.n,
         stops=body.stop_list(),
-        engine=engine,
-        state=state,
         id_prefix="cmpl",
         logprobs=body.logprobs,
         skip_special_tokens=body.skip_special_tokens,

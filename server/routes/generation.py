@@ -15,7 +15,7 @@ from server.errors import APIError
 from server.protocol.completions import CompletionRequest, Usage
 from server.protocol.sampling import SamplerFields
 from server.routes.delivery import ClientDisconnected, collect
-from server.state import ServerState
+from server.state import ServerState, ready_engine, server_state
 
 
 def generation_requests(
@@ -25,8 +25,6 @@ def generation_requests(
     max_tokens: int | None,
     n: int | None,
     stops: Sequence[str],
-    engine: Engine,
-    state: ServerState,
     id_prefix: str,
     turn_stops: Sequence[str] = (),
     turns: int = 1,
@@ -37,6 +35,7 @@ def generation_requests(
 ) -> list[GenerationRequest]:
     """One request per sample (`n`) of the HTTP request `http`; raises APIError: 400 for anything the model cannot
     do with them, 429 when the queue is full."""
+    state, engine = server_state(http), ready_engine(http)
     samples = n or 1
     check_limits(stops, fields, state)
     if samples > state.settings.max_running:

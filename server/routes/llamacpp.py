@@ -33,8 +33,6 @@ async def llamacpp_completion(body: LlamaCppCompletionRequest, request: Request)
         max_tokens=body.max_tokens,
         n=body.n,
         stops=body.stop_list(),
-        engine=engine,
-        state=state,
         id_prefix="cmpl",
         logprobs=body.n_probs,
         skip_special_tokens=body.skip_special_tokens,
