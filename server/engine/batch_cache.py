@@ -11,6 +11,8 @@ from collections.abc import Sequence
 import torch
 from transformers import DynamicCache
 
+from server.engine.growing_layer import growing_cache
+
 
 def _layers(cache: DynamicCache) -> list:
     return [layer for layer in cache.layers if layer.keys is not None]
@@ -82,14 +84,19 @@ class BatchCache(RowLayout):
 
     @property
     def allocated_tokens(self) -> int:
-        return self.mask.shape[0] * self.mask.shape[1]
+        """KV positions held in memory: every row at the batch's width, or at its layers' capacity when they
+        have grown in place."""
+        layers = self._cache_layers() if self.cache else []
+        capacity = max((getattr(layer, "capacity", 0) for layer in layers), default=0)
+        return self.mask.shape[0] * max(self.mask.shape[1], capacity)
 
     def join(self, row_id: str, cache: DynamicCache) -> None:
         """Adds a prefilled sequence (its own cache, all positions real) as the last row."""
         length = cache.get_seq_length()
         mask = torch.ones(1, length, dtype=torch.long, device=self._device)
         if self.cache is None:
-            self.cache, self.mask = cache, mask
+            # Decode steps then write into free columns instead of copying the whole cache each step.
+            self.cache, self.mask = growing_cache(self._config, cache), mask
         else:
             width = max(self.mask.shape[1], length)
             grow, pad = width - self.mask.shape[1], width - length

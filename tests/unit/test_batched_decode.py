@@ -1,7 +1,9 @@
 """Batched decode over one shared, left-padded cache gives each sequence what it would get alone."""
 
+import pytest
 import torch
 
+from server.engine import growing_layer
 from server.engine.runner import ModelRunner
 from server.engine.static_batch_cache import StaticBatchCache
 from tests.toy import tiny_llama
@@ -15,8 +17,11 @@ def greedy_alone(model, prompt: list[int], steps: int) -> list[int]:
     return tokens
 
 
+@pytest.mark.parametrize("headroom", [growing_layer.HEADROOM_TOKENS, 1])
 @torch.inference_mode()
-def test_rows_of_different_lengths_joining_and_leaving_mid_batch():
+def test_rows_of_different_lengths_joining_and_leaving_mid_batch(monkeypatch, headroom):
+    """With a headroom of one position the shared cache re-allocates every other step, as it does in long runs."""
+    monkeypatch.setattr(growing_layer, "HEADROOM_TOKENS", headroom)
     model = tiny_llama()
     prompts = {"a": list(range(1, 30)), "b": list(range(5, 12)), "c": [3, 9, 27, 17, 50]}
     expected = {name: greedy_alone(model, prompt, 12) for name, prompt in prompts.items()}
