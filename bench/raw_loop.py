@@ -2,6 +2,7 @@
 sampling chain (arg-max), a KV cache and nothing else.
 
     .venv/bin/python -m bench.raw_loop [--history-tokens 2000] [--new-tokens 50] [--max-tokens 64] [--streams N]
+                                       [--dtype auto|float32|bfloat16]
 
 With `--streams N`, N prompts of the same length decode as one batch (no padding): how much faster N streams can
 go than one on this machine at best, the ceiling for the server's aggregate throughput.
@@ -29,10 +30,11 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=50)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--streams", type=int, default=1)
+    parser.add_argument("--dtype", default="auto", help="as the server's --dtype (the same default)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
-    loaded = load(Settings(_cli_parse_args=[]))
+    loaded = load(Settings(_cli_parse_args=[], dtype=args.dtype))
     model = loaded.model
     prompt = roleplay_history(1000, args.history_tokens) + new_turn(1000, args.new_tokens)
     ids = torch.tensor([encode_prompt(loaded.tokenizer, prompt, add_bos=True)] * args.streams)
@@ -50,6 +52,7 @@ def main() -> None:
         gaps.append(time.perf_counter() - step)
     result = {
         "label": "raw-loop",
+        "dtype": str(loaded.dtype).removeprefix("torch."),
         "streams": args.streams,
         "prompt_tokens": ids.shape[1],
         "ttft_s": round(ttft, 3),

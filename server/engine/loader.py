@@ -50,10 +50,18 @@ def resolve_device(requested: str) -> torch.device:
 
 
 def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
+    """`auto`: bfloat16, the model's own precision, on CUDA and on CPUs with bf16 matrix instructions; float32 on
+    other CPUs, where bf16 is emulated and slower than float32."""
     if requested == "auto":
-        # This CPU class has no native bf16: float32 is several times faster there.
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        return torch.bfloat16 if device.type == "cuda" or cpu_has_native_bf16() else torch.float32
     return _DTYPES[requested]
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: there oneDNN's bf16 matrix products beat float32 ones (prefill 2.8x, one decode
+    stream 1.5x on the development machine's EPYC). torch only exposes the check privately, hence the guard."""
+    checks = (getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return any(check() for check in checks if check is not None)
 
 
 def base_model_source(settings: Settings) -> str:

@@ -21,12 +21,16 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, *args: str, env: dict[str, str] | None = None, module: str = "server") -> None:
+    def __init__(
+        self, *args: str, env: dict[str, str] | None = None, module: str = "server", dtype: str = "float32"
+    ) -> None:
+        """`dtype` is float32 unless a test asks otherwise: the tests compare tokens across batches, cached
+        prefixes and requests, and bf16 rounding keeps those equal only for identical matrix shapes."""
         self.url = f"http://127.0.0.1:{free_port()}"
         self.log = tempfile.NamedTemporaryFile(prefix="rpserve-", suffix=".log", delete=False)  # noqa: SIM115
         self.health_statuses: list[int] = []
         self.process = subprocess.Popen(
-            [sys.executable, "-m", module, "--port", self.url.rsplit(":", 1)[1], *args],
+            [sys.executable, "-m", module, "--port", self.url.rsplit(":", 1)[1], "--dtype", dtype, *args],
             cwd=ROOT,
             stdout=self.log,
             stderr=subprocess.STDOUT,
