@@ -1,0 +1,40 @@
+"""The grouped CPU decode attention computes what transformers' SDPA attention computes."""
+
+import torch
+from transformers import DynamicCache
+
+from server.engine.attention import NAME, sdpa_with_grouped_cpu_decode, use_grouped_cpu_decode
+from tests.toy import tiny_llama
+
+
+class _Module(torch.nn.Module):
+    num_key_value_groups = 3
+    is_causal = True
+
+
+def test_one_query_token_without_mask_matches_repeated_heads():
+    generator = torch.Generator().manual_seed(0)
+    query = torch.randn(2, 6, 1, 8, generator=generator)
+    key, value = torch.randn(2, 2, 9, 8, generator=generator), torch.randn(2, 2, 9, 8, generator=generator)
+    output, _ = sdpa_with_grouped_cpu_decode(_Module(), query, key, value, None, scaling=0.3)
+    repeated = torch.nn.functional.scaled_dot_product_attention(
+        query, key.repeat_interleave(3, dim=1), value.repeat_interleave(3, dim=1), scale=0.3
+    )
+    assert output.shape == (2, 1, 6, 8)
+    torch.testing.assert_close(output, repeated.transpose(1, 2))
+
+
+@torch.inference_mode()
+def test_the_model_decodes_the_same_logits_with_it():
+    model = tiny_llama()
+    prompt, token = torch.tensor([list(range(1, 20))]), torch.tensor([[7]])
+
+    def decode_logits() -> torch.Tensor:
+        cache = DynamicCache(config=model.config)
+        model(input_ids=prompt, cache=cache, use_cache=True)
+        return model(input_ids=token, cache=cache, use_cache=True).logits
+
+    expected = decode_logits()
+    use_grouped_cpu_decode(model)
+    assert model.config._attn_implementation == NAME
+    torch.testing.assert_close(decode_logits(), expected)
