@@ -2,6 +2,7 @@
 
 import torch
 
+from server.engine.growing_layer import HEADROOM_TOKENS
 from server.engine.memory import GENERATION_RESERVE_TOKENS, batch_footprint, kv_budget_bytes, reservation
 
 
@@ -12,7 +13,7 @@ def test_a_request_is_counted_for_its_prompt_and_what_it_may_generate_within_the
 
 
 def test_a_batch_holds_every_row_at_the_longest_rows_width():
-    assert batch_footprint([400, 1000, 50]) == 3000
+    assert batch_footprint([400, 1000, 50]) == 3 * (1000 + HEADROOM_TOKENS)
     assert batch_footprint([]) == 0
 
 
