@@ -5,7 +5,8 @@ Same layout as BatchCache (rows right-aligned at one shared write column, left p
 masked, RoPE positions per row), in transformers' StaticCache: keys and values of shape
 [slots, kv heads, width, head dim] per layer, a 2-D mask [slots, width]. A decode step runs every slot; free slots
 are fully masked and their logits ignored. A prompt longer than the write column shifts every row to the right; a
-full buffer is compacted by dropping the columns no row uses.
+full buffer is compacted by dropping the columns no row uses, after closing the rows' back-off holes when every
+column is in use.
 """
 
 import torch
@@ -127,9 +128,11 @@ class StaticBatchCache(RowLayout):
         self.column += amount
 
     def _compact(self) -> None:
-        """Drops the leading columns that no row uses, moving everything left."""
-        used = self.mask[:, : self.column].any(dim=0).nonzero()
-        start = int(used[0]) if len(used) else self.column
+        """Drops the leading columns that no row uses, moving everything left. When every column is used by some
+        row, the rows' back-off holes are closed first."""
+        if self._first_used_column() == 0:
+            self._close_holes()
+        start = self._first_used_column()
         if start == 0:
             raise RuntimeError("the static cache is full: a row reached its width")
         kept = self.column - start
@@ -139,3 +142,21 @@ class StaticBatchCache(RowLayout):
         self.mask[:, :kept] = self.mask[:, start : self.column].clone()
         self.mask[:, kept:] = 0
         self.column = kept
+
+    def _first_used_column(self) -> int:
+        used = self.mask[:, : self.column].any(dim=0).nonzero()
+        return int(used[0]) if len(used) else self.column
+
+    def _close_holes(self) -> None:
+        """Moves each row's real positions together, ending at the write column. Attention does not depend on
+        where a position sits in the buffer: its RoPE position is in its key already."""
+        for slot in range(len(self.rows)):
+            real = self.mask[slot, : self.column].nonzero().flatten()
+            start = self.column - len(real)
+            if len(real) == 0 or int(real[0]) == start:
+                continue  # no holes: the row already ends at the write column, in one piece
+            for layer in self.cache.layers:
+                layer.keys[slot, :, start : self.column] = layer.keys[slot, :, real]
+                layer.values[slot, :, start : self.column] = layer.values[slot, :, real]
+            self.mask[slot] = 0
+            self.mask[slot, start : self.column] = 1

@@ -126,6 +126,31 @@ def test_the_static_cache_gives_what_each_sequence_gets_alone(monkeypatch):
 
 
 @torch.inference_mode()
+def test_a_static_row_whose_back_off_holes_fill_the_width_is_packed_not_failed():
+    """Each decode-and-back-off leaves a hole; once the row with holes spans the whole buffer, compaction closes
+    them and the row goes on as if they had never been there."""
+    model = tiny_llama()
+    prompt, other = list(range(1, 9)), [40, 41, 42]
+    runner = ModelRunner(model, torch.device("cpu"), prefix_budget_tokens=0, static=(2, 16))
+    runner.prefill("x", prompt)
+    runner.prefill("other", other)
+    other_tokens = [5]
+    for _ in range(12):  # more steps than free columns
+        logits = runner.decode([("x", 7), ("other", other_tokens[-1])])
+        other_tokens.append(int(logits[1].argmax()))
+        runner.crop("x", len(prompt))
+    logits = runner.decode([("x", 7), ("other", other_tokens[-1])])
+    alone = ModelRunner(model, torch.device("cpu"), prefix_budget_tokens=0)
+    torch.testing.assert_close(logits[0], alone.prefill("y", [*prompt, 7]), atol=1e-5, rtol=1e-5)
+    other_alone = ModelRunner(model, torch.device("cpu"), prefix_budget_tokens=0)
+    other_alone.prefill("o", other)
+    expected = [5]
+    while len(expected) < len(other_tokens):
+        expected.append(int(other_alone.decode([("o", expected[-1])])[0].argmax()))
+    assert other_tokens == expected
+
+
+@torch.inference_mode()
 def test_the_compiled_static_decode_step_is_one_graph_with_the_same_tokens():
     """What makes the step capturable as CUDA graphs: fixed shapes and inputs, so one compiled graph serves every
     step, rows joining and leaving included (here compiled for CPU)."""
