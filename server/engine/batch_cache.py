@@ -18,6 +18,12 @@ def _layers(cache: DynamicCache) -> list:
     return [layer for layer in cache.layers if layer.keys is not None]
 
 
+def first_used_column(mask: torch.Tensor) -> int:
+    """The first column of a [rows, width] mask that some row uses; the width when none does."""
+    used = mask.any(dim=0).nonzero()
+    return int(used[0]) if len(used) else mask.shape[1]
+
+
 def _pad_left(tensor: torch.Tensor, amount: int, dim: int) -> torch.Tensor:
     if amount == 0:
         return tensor
@@ -42,7 +48,7 @@ class RowLayout(ABC):
     def forget_last(self, row_id: str, count: int) -> None:
         """Masks out a row's last `count` real positions (a back-off), leaving holes the attention skips."""
         index = self.rows.index(row_id)
-        real = self.mask[index].nonzero().flatten()
+        real = self.real_columns(index)
         if count > 0:
             self.mask[index, real[-count:]] = 0
             self.positions[index] -= count
@@ -50,7 +56,7 @@ class RowLayout(ABC):
     def extract(self, row_id: str) -> DynamicCache:
         """A standalone cache of one row's real positions (for the prefix cache)."""
         index = self.rows.index(row_id)
-        real = self.mask[index].nonzero().flatten()
+        real = self.real_columns(index)
         extracted = DynamicCache(config=self._config)
         for layer_index, layer in enumerate(self._cache_layers()):
             extracted.update(
@@ -60,6 +66,10 @@ class RowLayout(ABC):
 
     def real_length(self, row_id: str) -> int:
         return self.positions[self.rows.index(row_id)]
+
+    def real_columns(self, index: int) -> torch.Tensor:
+        """The columns holding row `index`'s real positions, in order."""
+        return self.mask[index].nonzero().flatten()
 
 
 class BatchCache(RowLayout):
@@ -151,8 +161,7 @@ class BatchCache(RowLayout):
         kept = torch.tensor(keep, device=self._device)
         mask = self.mask.index_select(0, kept)
         # Columns that no remaining row uses any more (its own padding and holes) are dropped from the front.
-        used = mask.any(dim=0).nonzero()
-        start = int(used[0]) if len(used) else mask.shape[1]
+        start = first_used_column(mask)
         for layer in _layers(self.cache):
             layer.keys = layer.keys.index_select(0, kept)[:, :, start:]
             layer.values = layer.values.index_select(0, kept)[:, :, start:]

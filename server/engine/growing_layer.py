@@ -26,7 +26,7 @@ class GrowingLayer(DynamicLayer):
             self.lazy_initialization(key_states, value_states)
         length = self.get_seq_length()
         needed = length + key_states.shape[-2]
-        if not self._views_buffers() or needed > self.capacity:
+        if not self._views_buffers() or needed > self._key_buffer.shape[-2]:
             self._reallocate(length, needed + HEADROOM_TOKENS, key_states, value_states)
         assert self._key_buffer is not None and self._value_buffer is not None
         self._key_buffer[:, :, length:needed] = key_states

@@ -12,7 +12,7 @@ column is in use.
 import torch
 from transformers import DynamicCache, StaticCache
 
-from server.engine.batch_cache import RowLayout, _layers
+from server.engine.batch_cache import RowLayout, _layers, first_used_column
 
 
 class StaticBatchCache(RowLayout):
@@ -130,9 +130,10 @@ class StaticBatchCache(RowLayout):
     def _compact(self) -> None:
         """Drops the leading columns that no row uses, moving everything left. When every column is used by some
         row, the rows' back-off holes are closed first."""
-        if self._first_used_column() == 0:
+        start = first_used_column(self.mask[:, : self.column])
+        if start == 0:
             self._close_holes()
-        start = self._first_used_column()
+            start = first_used_column(self.mask[:, : self.column])
         if start == 0:
             raise RuntimeError("the static cache is full: a row reached its width")
         kept = self.column - start
@@ -143,15 +144,11 @@ class StaticBatchCache(RowLayout):
         self.mask[:, kept:] = 0
         self.column = kept
 
-    def _first_used_column(self) -> int:
-        used = self.mask[:, : self.column].any(dim=0).nonzero()
-        return int(used[0]) if len(used) else self.column
-
     def _close_holes(self) -> None:
         """Moves each row's real positions together, ending at the write column. Attention does not depend on
         where a position sits in the buffer: its RoPE position is in its key already."""
         for slot in range(len(self.rows)):
-            real = self.mask[slot, : self.column].nonzero().flatten()
+            real = self.real_columns(slot)  # none at or past the write column
             start = self.column - len(real)
             if len(real) == 0 or int(real[0]) == start:
                 continue  # no holes: the row already ends at the write column, in one piece
