@@ -26,10 +26,11 @@ import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from sampling import SamplingParams
-from server.engine.engine import Engine, kv_bytes_per_token
+from server.engine.engine import Engine
 from server.engine.loader import LoadedModel
-from server.engine.memory import kv_budget_bytes
+from server.engine.memory import kv_budget_bytes, kv_bytes_per_token
 from server.engine.request import GenerationRequest
+from server.engine.vocabulary import Vocabulary
 
 LLAMA_3_1_8B = {
     "hidden_size": 4096,
@@ -95,14 +96,11 @@ def build(size: str, device: torch.device, dtype: torch.dtype) -> LoadedModel:
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     return LoadedModel(
         model=model,
-        tokenizer=tokenizer,
+        vocabulary=Vocabulary(tokenizer, config.vocab_size, frozenset(config.eos_token_id)),
         name=f"random-llama-{size}",
         device=device,
         dtype=dtype,
         context_length=CONTEXT,
-        vocab_size=config.vocab_size,
-        bos_id=128000,
-        eos_ids=frozenset(config.eos_token_id),
     )
 
 
@@ -115,16 +113,19 @@ async def stream_timings(engine: Engine, prompts: list[tuple[int, ...]], max_tok
     """(time, tokens so far) at each output of each request, all submitted at once."""
     params = SamplingParams(seed=1)  # the card's samplers: min-p 0.05, DRY
     handles = [
-        engine.submit(
-            GenerationRequest(
-                request_id=f"bench-{i}-{time.monotonic_ns()}",
-                prompt_ids=prompt,
-                params=params,
-                stop_strings=(),
-                max_tokens=max_tokens,
-            )
-        )
+        handle
         for i, prompt in enumerate(prompts)
+        for handle in engine.submit(
+            [
+                GenerationRequest(
+                    sample_id=f"bench-{i}-{time.monotonic_ns()}",
+                    prompt_ids=prompt,
+                    params=params,
+                    stop_strings=(),
+                    max_tokens=max_tokens,
+                )
+            ]
+        )
     ]
 
     async def follow(handle) -> list[tuple]:
@@ -248,7 +249,7 @@ def main() -> None:
     bandwidth = copy_bandwidth(device, 4 if device.type == "cuda" else 0.5)
     loaded = build(args.size, device, dtype)
     weight_bytes = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
-    kv_per_token = kv_bytes_per_token(loaded)
+    kv_per_token = kv_bytes_per_token(loaded.model.config, loaded.dtype)
     rows = []
 
     def row(name: str, streams: int, context: int, ours_value: float, generate_value: float | None) -> None:

@@ -111,7 +111,7 @@ async def settled_health(client: httpx.AsyncClient, timeout: float = 30) -> dict
     deadline = time.monotonic() + timeout
     while True:
         health = (await client.get("/health")).json()
-        if (health["running"], health["waiting"], health["cached_sequences"]) == (0, 0, 0):
+        if (health["running"], health["waiting"], health["running_caches"]) == (0, 0, 0):
             return health
         if time.monotonic() > deadline:
             return health
@@ -162,7 +162,7 @@ async def run(args: argparse.Namespace) -> dict:
         "server_errors_5xx": sum(v for k, v in statuses.items() if k >= 500),
         "lost": sum(1 for o in outcomes if not o.finished),
         "left_running": health["running"] + health["waiting"],
-        "left_cached_sequences": health["cached_sequences"],
+        "left_running_caches": health["running_caches"],
         "prefix_cache_entries": health["prefix_cache_entries"],
         "prefix_cache_mb": round(prefix_cache_bytes / 2**20, 1),
         "rss_mb_after_warmup_then_each_round": [round(value / 2**20, 1) for value in rss],
@@ -210,7 +210,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     verdict = result["server_errors_5xx"] == result["lost"] == result["left_running"] == 0
-    sys.exit(0 if verdict and result["left_cached_sequences"] == 0 else 1)
+    sys.exit(0 if verdict and result["left_running_caches"] == 0 else 1)
 
 
 if __name__ == "__main__":

@@ -18,9 +18,7 @@ import torch
 from transformers import DynamicCache
 
 from bench.serve import new_turn, roleplay_history
-from server.engine.loader import load
-from server.engine.tokenization import encode_prompt
-from server.settings import Settings
+from server.engine.loader import ModelSpec, load
 
 
 @torch.inference_mode()
@@ -34,10 +32,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
-    loaded = load(Settings(_cli_parse_args=[], dtype=args.dtype))
+    loaded = load(ModelSpec(dtype=args.dtype))
     model = loaded.model
     prompt = roleplay_history(1000, args.history_tokens) + new_turn(1000, args.new_tokens)
-    ids = torch.tensor([encode_prompt(loaded.tokenizer, prompt, add_bos=True)] * args.streams)
+    ids = torch.tensor([loaded.vocabulary.encode(prompt, add_bos=True)] * args.streams)
     cache = DynamicCache(config=model.config)
     started = time.perf_counter()
     logits = model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]

@@ -21,8 +21,8 @@ import torch
 from transformers import AutoTokenizer
 
 from sampling import Sampler, SamplingParams
-from sampling.reference import reference_breakers, reference_dry_with
 from server.engine.detokenizer import token_bytes_table, token_texts
+from tests.dry_reference import reference_breakers, reference_dry_with
 
 WORDS = ["the", "keeper", "said", "lamp", "sea", "ships", "rocks", "night", "fog", "old", "book", "light"]
 NAMES = ["Anon", "Nanashi", "Greta"]
@@ -46,7 +46,7 @@ def roleplay_corpus(tokenizer, tokens: int) -> list[int]:
 
 
 def time_chain(vocab, tokenize, corpus, batch: int, history: int, steps: int, params: SamplingParams) -> float:
-    sampler = Sampler(rows=batch, capacity=history + steps + 4, vocab=vocab, tokenize=tokenize)
+    sampler = Sampler(slots=batch, capacity=history + steps + 4, vocab=vocab, tokenize=tokenize)
     rows = [sampler.add(corpus[offset : offset + history], params) for offset in range(batch)]
     logits = torch.randn(batch, len(vocab), generator=torch.Generator().manual_seed(0))
     for _ in range(2):

@@ -10,6 +10,8 @@ LABEL_MARK = "::::"
 # is the stop string.
 STOP_STRING = LABEL_MARK
 TURN_SEPARATOR = "\n\n"
+# Where a turn ends: the next label starts, and its blank line belongs to the separator, not the turn.
+NEXT_TURN = TURN_SEPARATOR + LABEL_MARK
 
 # A prompt ending in a complete label and its one space, as SillyTavern's instruct template writes it.
 _TRAILING_LABEL = re.compile(r"::::(?:user|assistant):(?:[^:\n]+:)? \Z")

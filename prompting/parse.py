@@ -9,10 +9,6 @@ from prompting.labels import drop_reply_space
 _LABEL = re.compile(r"\s*::::(user|assistant):(?:([^:\s][^:\n]*):)? ?")
 
 
-def count_labels(text: str) -> int:
-    return len(_LABEL.findall(text))
-
-
 def parse_turns(text: str, speaker: str | None) -> list[Message]:
     """`text` continues a prompt that ended at the speaker's label colon. The blank line before each label and
     the space after it belong to the format, not to the turns."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sampling.breakers import BreakerAnalysis, Tokenize
+from sampling.breakers import BreakerAnalysis
 from sampling.history import TokenHistories
 
 _FLOAT32_MAX = float(torch.finfo(torch.float32).max)
@@ -75,38 +75,6 @@ def dry_penalty_matrix(histories: TokenHistories, rows: Sequence[DryRow], vocab_
 
 def _column(values: Sequence[float], device: torch.device) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float32, device=device).unsqueeze(1)
-
-
-def dry_penalties(
-    history: Sequence[int],
-    *,
-    vocab: Sequence[str],
-    tokenize: Tokenize,
-    multiplier: float,
-    base: float,
-    allowed_length: int,
-    sequence_breakers: Sequence[str],
-    penalty_last_n: int,
-) -> dict[int, float]:
-    """The amount subtracted from each token id's logit after `history`, through the production path (the
-    sampler's own state and batched penalty, for a batch of one)."""
-    from sampling.params import SamplingParams
-    from sampling.sampler import Sampler
-
-    params = SamplingParams(
-        dry_multiplier=multiplier,
-        dry_base=base,
-        dry_allowed_length=allowed_length,
-        dry_sequence_breakers=tuple(sequence_breakers),
-        dry_penalty_last_n=penalty_last_n,
-    )
-    sampler = Sampler(rows=1, capacity=max(len(history), 1), vocab=vocab, tokenize=tokenize)
-    row = sampler.add(history, params)
-    penalty = sampler.dry_penalties([row])
-    if penalty is None:
-        return {}
-    (ids,) = penalty[0].nonzero(as_tuple=True)
-    return {int(i): float(penalty[0, i]) for i in ids}
 
 
 def breaker_flags(history: Sequence[int], analysis: BreakerAnalysis | None) -> list[bool]:

@@ -1,77 +1,46 @@
-"""The FastAPI application: routes, error handlers, and the model loaded in the background.
+"""The FastAPI application: middleware, routes and error handlers; the model loads in the background (see
+server/startup.py)."""
 
-The port opens at once and /health answers 503 until the model is ready, so orchestrators can tell "starting"
-from "dead".
-"""
-
-import logging
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
-from server.auth import ApiKey
-from server.draining import Draining
-from server.engine.engine import Engine
-from server.engine.errors import ModelLoadError
-from server.engine.loader import load, served_name
-from server.engine.memory import kv_budget_bytes
+from server.engine.loader import served_name
 from server.errors import install_error_handlers
-from server.limits import BodyLimit
 from server.metrics import Metrics
-from server.request_log import RequestLog
+from server.middleware.auth import ApiKey
+from server.middleware.draining import Draining
+from server.middleware.hosts import HostCheck, default_allowed_hosts
+from server.middleware.limits import BodyLimit
+from server.middleware.request_log import RequestLog
+from server.middleware.unexpected_errors import UnexpectedErrors
 from server.routes import chat, completions, health, kobold, llamacpp, models, tokens
 from server.routes import metrics as metrics_route
-from server.sampling_defaults import sampling_defaults
+from server.sampling_preset import load_preset
 from server.settings import Settings
+from server.startup import model_spec, start_engine
 from server.state import ServerState
-
-log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings, on_load_failure: Callable[[str], None] | None = None) -> FastAPI:
     """Raises PresetError for an unusable sampling preset file."""
     state = ServerState(
-        settings=settings, model_name=served_name(settings), sampling_defaults=sampling_defaults(settings)
+        settings=settings,
+        model_name=served_name(model_spec(settings)),
+        sampling_preset=load_preset(settings.sampling_preset, settings.dry_breakers_always),
     )
     metrics = Metrics(lambda: state.engine)
-
-    def load_engine() -> None:
-        try:
-            loaded = load(settings)
-            engine = Engine(
-                loaded,
-                max_running=settings.max_running,
-                prefix_cache_mb=settings.prefix_cache_mb,
-                kv_budget_bytes=settings.kv_cache_mb * 2**20
-                if settings.kv_cache_mb
-                else kv_budget_bytes(loaded.device, settings.memory_fraction),
-                prefill_chunk=settings.prefill_chunk,
-                request_timeout=settings.request_timeout or None,
-                timings=metrics,
-                log_content=settings.log_content,
-                static_cache=settings.static_cache,
-            )
-        except ModelLoadError as error:
-            log.error("%s", error)
-            if on_load_failure is not None:
-                on_load_failure(str(error))
-            return
-        engine.start()
-        state.engine = engine
-        log.info(
-            "serving %s; KV cache budget %d tokens (%.0f MiB), prefix cache at most %d tokens",
-            state.model_name,
-            engine.kv_budget_tokens,
-            engine.kv_budget_tokens * engine.kv_bytes_per_token / 2**20,
-            engine.prefix_budget_tokens,
-        )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         # A daemon thread, so that stopping during a slow first load does not wait for it.
-        threading.Thread(target=load_engine, name="model-loader", daemon=True).start()
+        loader = threading.Thread(
+            target=start_engine, args=(state, metrics, on_load_failure), name="model-loader", daemon=True
+        )
+        loader.start()
         yield
         if state.engine is not None:
             state.engine.shutdown()
@@ -80,11 +49,24 @@ def create_app(settings: Settings, on_load_failure: Callable[[str], None] | None
     app.state.server = state
     app.state.metrics = metrics
     install_error_handlers(app)
+    # Each one added wraps those before it: the last is the outermost.
     if settings.api_key:
         app.add_middleware(ApiKey, api_key=settings.api_key)
     app.add_middleware(BodyLimit, max_body_mb=settings.max_body_mb)
     app.add_middleware(Draining, state=state)
-    # Added last: outermost, so it sees refusals by the others too.
+    if settings.cors_origins:
+        # Outside the API key: a browser's preflight carries no credentials.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=["X-Request-ID", "X-Ignored-Fields", "X-Overridden-Fields"],
+            allow_credentials=False,
+        )
+    app.add_middleware(HostCheck, allowed_hosts=settings.allowed_hosts or default_allowed_hosts(settings.host))
+    app.add_middleware(UnexpectedErrors)
+    # Outermost, so it logs and counts refusals by the others too.
     app.add_middleware(RequestLog, requests=metrics.requests)
     for module in (health, metrics_route, models, tokens, completions, chat, llamacpp, kobold):
         app.include_router(module.router)

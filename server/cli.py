@@ -13,7 +13,7 @@ from sse_starlette.sse import AppStatus
 from server.app import create_app
 from server.engine.errors import ModelLoadError
 from server.engine.loader import resolve_device
-from server.sampling_defaults import PresetError
+from server.sampling_preset import PresetError
 from server.settings import command_line_settings
 from server.state import ServerState
 
@@ -23,7 +23,7 @@ _FINAL_EVENTS_SECONDS = 5
 
 class _Server(uvicorn.Server):
     """Graceful shutdown in two stages. SIGTERM starts a drain: the port stays open, new requests get 503 (see
-    server/draining.py) and running ones get `--shutdown-timeout` seconds to finish; then what is left is
+    server/middleware/draining.py) and running ones get `--shutdown-timeout` seconds to finish; then what is left is
     cancelled with an error and uvicorn shuts down. A second signal skips the wait. uvicorn re-raises SIGTERM once
     it has shut down, which would end the process with status -15; a server that drained exits 0 instead."""
 

@@ -1,14 +1,18 @@
 """Errors in OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, with the right status."""
 
-import logging
 from http import HTTPStatus
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
-log = logging.getLogger(__name__)
+# Not an HTTP standard code but the one proxies log for "client closed request"; nobody receives it.
+CLIENT_CLOSED_REQUEST = 499
+
+
+class ClientDisconnected(Exception):
+    """The client closed the connection before its answer was ready."""
 
 
 class APIError(Exception):
@@ -67,6 +71,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _api_error(_: Request, error: APIError) -> JSONResponse:
         return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
+    @app.exception_handler(ClientDisconnected)
+    async def _gone(_: Request, __: ClientDisconnected) -> Response:
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, error: RequestValidationError) -> JSONResponse:
         message, param = validation_message(error)
@@ -78,10 +86,3 @@ def install_error_handlers(app: FastAPI) -> None:
         message = error.detail if isinstance(error.detail, str) and error.detail != phrase else phrase
         kind = "invalid_request_error" if error.status_code < 500 else "server_error"
         return JSONResponse(error_body(message, type=kind), status_code=error.status_code, headers=error.headers)
-
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, error: Exception) -> JSONResponse:
-        log.exception("unhandled error")
-        return JSONResponse(
-            error_body(f"Internal server error: {type(error).__name__}.", type="server_error"), status_code=500
-        )

@@ -80,17 +80,18 @@ class _EngineCollector(Collector):
             "Share of prompt tokens served from the prefix cache since start.",
             value=stats.reused_tokens / looked_up if looked_up else 0.0,
         )
+        budget = engine.kv_budget
         usage = GaugeMetricFamily("rpserve_kv_cache_bytes", "KV cache held, by use.", labels=["use"])
-        usage.add_metric(["running"], stats.batch_cache_tokens * engine.kv_bytes_per_token)
-        usage.add_metric(["prefix_cache"], stats.prefix_cache_tokens * engine.kv_bytes_per_token)
+        usage.add_metric(["running"], stats.batch_cache_tokens * budget.bytes_per_token)
+        usage.add_metric(["prefix_cache"], stats.prefix_cache_tokens * budget.bytes_per_token)
         yield usage
         yield GaugeMetricFamily(
             "rpserve_kv_cache_budget_bytes",
             "Memory for KV caches, running requests and prefix cache together.",
-            value=engine.kv_budget_tokens * engine.kv_bytes_per_token,
+            value=budget.tokens * budget.bytes_per_token,
         )
         yield GaugeMetricFamily(
             "rpserve_prefix_cache_budget_bytes",
             "Memory the prefix cache may hold at most (--prefix-cache-mb, within the KV budget).",
-            value=engine.prefix_budget_tokens * engine.kv_bytes_per_token,
+            value=budget.prefix_tokens * budget.bytes_per_token,
         )

@@ -8,12 +8,9 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from prompting import STOP_STRING
+from server.engine.default_model import default_cache_dir
 
 ENV_PREFIX = "RPSERVE_"
-
-
-def default_cache_dir() -> Path:
-    return Path.home() / ".cache" / "rpserve"
 
 
 class Settings(BaseSettings):
@@ -33,7 +30,8 @@ class Settings(BaseSettings):
     merge: bool = Field(True, description="Merge the adapter into the weights; --no-merge keeps it separate.")
     device: str = Field("auto", description="auto (CUDA when present, else CPU), cpu, cuda or cuda:N.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="auto: bfloat16 on CUDA, float32 on CPU."
+        "auto",
+        description="auto: bfloat16 on CUDA and on CPUs with AVX512-BF16 or AMX, else float32.",
     )
     served_model_name: str | None = Field(
         None, description="Model id shown by /v1/models. Unset: derived from the adapter, else the base model."
@@ -44,7 +42,20 @@ class Settings(BaseSettings):
         default_factory=default_cache_dir, description="Where the embedded model's converted HF folder is kept."
     )
     api_key: str | None = Field(
-        None, description="When set, every route but /health needs it as `Authorization: Bearer` or `x-api-key`."
+        None,
+        description="When set, every route but /health and /metrics needs it as `Authorization: Bearer` or "
+        "`x-api-key`.",
+    )
+    allowed_hosts: list[str] | None = Field(
+        None,
+        description="Host names requests may be addressed to (`*` any, `*.example.com` subdomains); others get "
+        "400, against DNS rebinding. Unset: localhost, 127.0.0.1, [::1] and the bound address, or any host when "
+        "bound to 0.0.0.0 or ::.",
+    )
+    cors_origins: list[str] = Field(
+        [],
+        description="Web origins whose pages may call the API from a browser (`*`: any, then without "
+        "credentials). Unset: none.",
     )
     stop_strings: list[str] = Field(
         [STOP_STRING], description="Stop strings always applied for this model family, merged with each request's."

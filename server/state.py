@@ -1,12 +1,13 @@
 """What the routes share: the settings and, once loaded, the engine."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import Request
 
-from sampling import SamplingParams
 from server.engine.engine import Engine
 from server.errors import APIError
+from server.sampling_preset import SamplingPreset
+from server.serving.client_generations import ClientGenerations
 from server.settings import Settings
 
 
@@ -14,9 +15,10 @@ from server.settings import Settings
 class ServerState:
     settings: Settings
     model_name: str
-    sampling_defaults: SamplingParams
+    sampling_preset: SamplingPreset
     engine: Engine | None = None
     draining: bool = False  # SIGTERM came: new requests get 503 while running ones finish
+    client_generations: ClientGenerations = field(default_factory=ClientGenerations)
 
 
 def server_state(request: Request) -> ServerState:

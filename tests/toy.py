@@ -5,6 +5,8 @@ from collections.abc import Callable, Sequence
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from server.engine.runner import ModelRunner
+
 
 def tiny_llama() -> LlamaForCausalLM:
     """A real Llama architecture with random weights: 64 tokens, 2 layers, grouped-query attention."""
@@ -33,3 +35,11 @@ def greedy_tokenizer(vocab: Sequence[str]) -> Callable[[str], list[int]]:
         return ids
 
     return tokenize
+
+
+def prefill(runner: ModelRunner, sequence_id: str, token_ids: Sequence[int]) -> torch.Tensor:
+    """The whole prompt at once, as the engine does over several steps: its next-token logits."""
+    runner.start_prefill(sequence_id, token_ids)
+    while (logits := runner.prefill_chunk(sequence_id, len(token_ids))) is None:
+        pass
+    return logits

@@ -7,6 +7,7 @@ masked holes instead of moving data. RoPE positions are tracked per row, so padd
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from transformers import DynamicCache
@@ -30,6 +31,11 @@ def _pad_left(tensor: torch.Tensor, amount: int, dim: int) -> torch.Tensor:
     shape = list(tensor.shape)
     shape[dim] = amount
     return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
+
+
+class BatchCheckpoint(NamedTuple):
+    columns: int  # the batch's width (dynamic cache) or its write column (static cache)
+    positions: list[int]  # each row's next RoPE position
 
 
 class RowLayout(ABC):
@@ -138,17 +144,17 @@ class BatchCache(RowLayout):
         self.positions = [p + 1 for p in self.positions]
         return {"input_ids": input_ids, "attention_mask": self.mask, "position_ids": positions, "cache": self.cache}
 
-    def checkpoint(self) -> tuple[int, list[int]]:
+    def checkpoint(self) -> BatchCheckpoint:
         """What `restore` needs to undo a decode step that failed part-way."""
-        return self.mask.shape[1], list(self.positions)
+        return BatchCheckpoint(self.mask.shape[1], list(self.positions))
 
-    def restore(self, checkpoint: tuple[int, list[int]]) -> None:
+    def restore(self, checkpoint: BatchCheckpoint) -> None:
         """Back to a checkpoint: a forward that raised may have grown some layers and not others."""
-        width, positions = checkpoint
+        width = checkpoint.columns
         if self.cache is not None:
             for layer in _layers(self.cache):
                 layer.keys, layer.values = layer.keys[:, :, :width], layer.values[:, :, :width]
-        self.mask, self.positions = self.mask[:, :width], positions
+        self.mask, self.positions = self.mask[:, :width], checkpoint.positions
 
     def remove(self, row_id: str) -> None:
         index = self.rows.index(row_id)

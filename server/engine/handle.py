@@ -11,8 +11,8 @@ class GenerationHandle:
     """Async iterator of one request's outputs. The engine thread delivers; the event loop consumes. Cancelling
     (or leaving the iteration early) asks the engine to drop the request at its next step."""
 
-    def __init__(self, request_id: str, loop: asyncio.AbstractEventLoop, abort: Callable[[str], None]) -> None:
-        self.request_id = request_id
+    def __init__(self, sample_id: str, loop: asyncio.AbstractEventLoop, abort: Callable[[str], None]) -> None:
+        self.sample_id = sample_id
         self._loop = loop
         self._abort = abort
         self._queue: asyncio.Queue[GenerationOutput] = asyncio.Queue()
@@ -37,4 +37,4 @@ class GenerationHandle:
     def cancel(self) -> None:
         if not self._finished:
             self._finished = True
-            self._abort(self.request_id)
+            self._abort(self.sample_id)

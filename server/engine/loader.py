@@ -3,7 +3,7 @@
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from server.engine import default_model
 from server.engine.attention import use_grouped_cpu_decode
 from server.engine.errors import ModelLoadError
-from server.settings import Settings
+from server.engine.vocabulary import Vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -23,16 +23,26 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 
 @dataclass(frozen=True)
+class ModelSpec:
+    """What to load and where: the loader's own view of the settings."""
+
+    model: str | None = None  # a hub id or a folder; None: the embedded model
+    adapter: str | None = None
+    merge: bool = True
+    device: str = "auto"
+    dtype: str = "auto"
+    served_name: str | None = None
+    cache_dir: Path = field(default_factory=default_model.default_cache_dir)
+
+
+@dataclass(frozen=True)
 class LoadedModel:
     model: PreTrainedModel
-    tokenizer: PreTrainedTokenizerBase
+    vocabulary: Vocabulary
     name: str
     device: torch.device
     dtype: torch.dtype
     context_length: int
-    vocab_size: int
-    bos_id: int | None
-    eos_ids: frozenset[int]
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -59,52 +69,49 @@ def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
 
 
 def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: there oneDNN's bf16 matrix products beat float32 ones (prefill 2.8x, one decode
-    stream 1.5x on the development machine's EPYC). torch only exposes the check privately, hence the guard."""
+    """AVX512-BF16 or AMX: there oneDNN's bf16 matrix products beat float32 ones (bench/RESULTS.md). torch only
+    exposes the check privately, hence the guard."""
     checks = (getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
     return any(check() for check in checks if check is not None)
 
 
-def base_model_source(settings: Settings) -> str:
+def base_model_source(spec: ModelSpec) -> str:
     """The base model's folder or hub id; the embedded model's converted folder when none is configured."""
-    if settings.model is None:
-        return str(default_model.embedded_model_folder(settings.cache_dir))
-    return _local_or_hub(settings.model, "model", "config.json")
+    if spec.model is None:
+        return str(default_model.embedded_model_folder(spec.cache_dir))
+    return _local_or_hub(spec.model, "model", "config.json")
 
 
-def served_name(settings: Settings) -> str:
-    if settings.served_model_name:
-        return settings.served_model_name
-    source = settings.adapter or settings.model
+def served_name(spec: ModelSpec) -> str:
+    if spec.served_name:
+        return spec.served_name
+    source = spec.adapter or spec.model
     return Path(source.rstrip("/")).name if source else default_model.NAME
 
 
-def load(settings: Settings) -> LoadedModel:
+def load(spec: ModelSpec) -> LoadedModel:
     started = time.monotonic()
-    device = resolve_device(settings.device)
-    dtype = resolve_dtype(settings.dtype, device)
-    adapter = _local_or_hub(settings.adapter, "adapter", "adapter_config.json") if settings.adapter else None
-    source = base_model_source(settings)
+    device = resolve_device(spec.device)
+    dtype = resolve_dtype(spec.dtype, device)
+    adapter = _local_or_hub(spec.adapter, "adapter", "adapter_config.json") if spec.adapter else None
+    source = base_model_source(spec)
     log.info("loading base model %s on %s (%s)", source, device, str(dtype).removeprefix("torch."))
     tokenizer = _load_or_explain(lambda: AutoTokenizer.from_pretrained(source), f"model '{source}'")
     model = _load_or_explain(lambda: AutoModelForCausalLM.from_pretrained(source, dtype=dtype), f"model '{source}'")
     if device.type == "cpu":
         use_grouped_cpu_decode(model)
     if adapter:
-        model = _apply_adapter(model, adapter, merge=settings.merge, base=source)
+        model = _apply_adapter(model, adapter, merge=spec.merge, base=source)
     model = model.to(device).eval()
-    config = model.config
+    vocabulary = Vocabulary(tokenizer, model.get_output_embeddings().weight.shape[0], _eos_ids(model, tokenizer))
     log.info("model ready in %.1f s", time.monotonic() - started)
     return LoadedModel(
         model=model,
-        tokenizer=tokenizer,
-        name=served_name(settings),
+        vocabulary=vocabulary,
+        name=served_name(spec),
         device=device,
         dtype=dtype,
-        context_length=config.max_position_embeddings,
-        vocab_size=model.get_output_embeddings().weight.shape[0],
-        bos_id=tokenizer.bos_token_id,
-        eos_ids=_eos_ids(model, tokenizer),
+        context_length=model.config.max_position_embeddings,
     )
 
 

@@ -5,6 +5,7 @@ admitting one needs room, prefix-cache entries are evicted; a request whose room
 """
 
 import os
+from dataclasses import dataclass
 
 import torch
 
@@ -43,3 +44,30 @@ def batch_footprint(reservations: list[int]) -> int:
     """KV positions a batch of requests holds at its widest: rows are left-padded to the longest, and the cache
     keeps free columns ahead of it to grow into."""
     return len(reservations) * (max(reservations, default=0) + HEADROOM_TOKENS)
+
+
+@dataclass(frozen=True)
+class KvBudget:
+    """The KV memory in tokens: running requests and the prefix cache share `tokens`; the prefix cache never
+    holds more than `prefix_tokens`."""
+
+    bytes_per_token: int
+    tokens: int
+    prefix_tokens: int
+
+    @classmethod
+    def of(cls, budget_bytes: int, bytes_per_token: int, prefix_cache_mb: int) -> "KvBudget":
+        tokens = budget_bytes // bytes_per_token
+        return cls(bytes_per_token, tokens, min(prefix_cache_mb * 2**20 // bytes_per_token, tokens))
+
+    def static_width(self, slots: int, context_length: int) -> int:
+        """Columns of each slot of a pre-allocated batch cache: an equal share of what the prefix cache leaves,
+        at most the context (plus the column the next token is written to)."""
+        return min(context_length + 1, (self.tokens - self.prefix_tokens) // slots)
+
+
+def kv_bytes_per_token(config: object, dtype: torch.dtype) -> int:
+    """Bytes of KV cache one token takes: keys and values of every layer."""
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return 2 * config.num_hidden_layers * heads * head_dim * dtype.itemsize

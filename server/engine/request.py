@@ -1,4 +1,4 @@
-"""What goes into the engine and what comes back out of it, per request."""
+"""What goes into the engine and what comes back out of it, per sample."""
 
 from dataclasses import dataclass, replace
 from typing import Literal
@@ -10,7 +10,9 @@ FinishReason = Literal["stop", "length", "error"]
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    request_id: str
+    """One sample to generate; several samples of one prompt (n > 1) are submitted together."""
+
+    sample_id: str
     prompt_ids: tuple[int, ...]
     params: SamplingParams
     stop_strings: tuple[str, ...]
@@ -21,9 +23,16 @@ class GenerationRequest:
     skip_special_tokens: bool = True
     logprobs: int | None = None  # report the chosen token's logprob and this many alternatives
     banned_strings: tuple[str, ...] = ()  # never sent: the engine backs off and samples again
-    client: str = ""  # who asked: KoboldCpp's abort stops that client's generations
-    genkey: str | None = None  # KoboldCpp's name for one generation
-    log_id: str = ""  # the HTTP request's id (X-Request-ID), which `--log-content` lines carry
+    log_id: str = ""  # the caller's id for the request, which `--log-content` lines carry
+
+
+@dataclass(frozen=True)
+class GenerationError:
+    """Why a sample failed. `retryable`: the same request later can succeed (timed out in the queue, shutting
+    down); otherwise the engine failed on it."""
+
+    message: str
+    retryable: bool = False
 
 
 @dataclass(frozen=True)
@@ -37,15 +46,14 @@ class TokenLogprob:
 
 @dataclass(frozen=True)
 class GenerationOutput:
-    """New text since the previous output, and the tokens generated since then. The last output of a request has
+    """New text since the previous output, and the tokens generated since then. The last output of a sample has
     a `finish_reason`; with "error", `error` says what went wrong."""
 
     text: str
     prompt_tokens: int
     completion_tokens: int
     finish_reason: FinishReason | None = None
-    error: str | None = None
-    error_status: int = 500  # the HTTP status an error answers with: 503 when retrying later can succeed
+    error: GenerationError | None = None
     logprobs: tuple[TokenLogprob, ...] = ()
     stop_string: str | None = None  # the stop string that ended generation, if one did
 

@@ -56,25 +56,18 @@ class ModelRunner:
     def prefix_cache(self) -> PrefixCache:
         return self._prefixes
 
-    @property
-    def pending_ids(self) -> set[str]:
-        return set(self._pending)
+    def is_prefilling(self, sequence_id: str) -> bool:
+        return sequence_id in self._pending
 
     @property
-    def cached_sequences(self) -> int:
+    def running_caches(self) -> int:
+        """KV caches held for sequences in the batch or being prefilled (the prefix cache's are not counted)."""
         return len(self._batch) + len(self._pending)
 
     @property
     def batch_tokens(self) -> int:
         """KV positions allocated for the running rows, padding and holes included."""
         return self._batch.allocated_tokens
-
-    def prefill(self, sequence_id: str, token_ids: Sequence[int]) -> torch.Tensor:
-        """The whole prompt at once: `start_prefill`, then `prefill_chunk` until it is done."""
-        self.start_prefill(sequence_id, token_ids)
-        while (logits := self.prefill_chunk(sequence_id, len(token_ids))) is None:
-            pass
-        return logits
 
     def start_prefill(self, sequence_id: str, token_ids: Sequence[int]) -> None:
         """Begins a prompt from the longest cached prefix; `prefill_chunk` runs the rest."""

@@ -12,7 +12,7 @@ column is in use.
 import torch
 from transformers import DynamicCache, StaticCache
 
-from server.engine.batch_cache import RowLayout, _layers, first_used_column
+from server.engine.batch_cache import BatchCheckpoint, RowLayout, _layers, first_used_column
 
 
 class StaticBatchCache(RowLayout):
@@ -101,12 +101,12 @@ class StaticBatchCache(RowLayout):
             "cache": self.cache,
         }
 
-    def checkpoint(self) -> tuple[int, list[int]]:
-        return self.column, list(self.positions)
+    def checkpoint(self) -> BatchCheckpoint:
+        return BatchCheckpoint(self.column, list(self.positions))
 
-    def restore(self, checkpoint: tuple[int, list[int]]) -> None:
+    def restore(self, checkpoint: BatchCheckpoint) -> None:
         """Back to a checkpoint: the failed step's column is masked again (its stale values are then ignored)."""
-        self.column, self.positions = checkpoint
+        self.column, self.positions = checkpoint.columns, checkpoint.positions
         if self.column < self.width:
             self.mask[:, self.column] = 0
 

@@ -13,6 +13,13 @@ to the token that wrote it and sample another.
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
+
+
+class StopCheckpoint(NamedTuple):
+    held: str  # text held back as a possible start of a stop string
+    passes_left: int  # turn stops still to let through
+    position: int  # characters seen so far
 
 
 @dataclass(frozen=True)
@@ -81,8 +88,8 @@ class StopMatcher:
         held, self._held = self._held, ""
         return held
 
-    def checkpoint(self) -> tuple[str, int, int]:
-        return self._held, self._passes_left, self.position
+    def checkpoint(self) -> StopCheckpoint:
+        return StopCheckpoint(self._held, self._passes_left, self.position)
 
-    def restore(self, checkpoint: tuple[str, int, int]) -> None:
+    def restore(self, checkpoint: StopCheckpoint) -> None:
         self._held, self._passes_left, self.position = checkpoint

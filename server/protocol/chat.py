@@ -11,9 +11,10 @@ from typing import Annotated, Literal
 
 from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field
 
-from prompting import DEFAULT_OPENING, Character, Message, Setting
+from prompting import DEFAULT_OPENING, LABEL_MARK, NEXT_TURN, Character, Message, Setting
 from server.engine.request import FinishReason
 from server.protocol.completions import StreamOptions, Usage
+from server.protocol.generation import GenerationOptions
 from server.protocol.sampling import SamplerFields
 
 MAX_TURNS = 16
@@ -80,6 +81,18 @@ class ChatRequest(SamplerFields):
     def stop_list(self) -> list[str]:
         stops = [self.stop] if isinstance(self.stop, str) else self.stop or []
         return [stop for stop in stops if stop]
+
+    def generation_options(self) -> GenerationOptions:
+        """One turn ends where the next label starts; with `max_turns` > 1 the label stops end only the last."""
+        several = self.max_turns > 1
+        return GenerationOptions(
+            max_tokens=self.max_tokens,
+            samples=self.n or 1,
+            stops=tuple(self.stop_list() if several else [NEXT_TURN, *self.stop_list()]),
+            turn_stops=(NEXT_TURN, LABEL_MARK) if several else (),
+            turns=self.max_turns,
+            logprobs=(self.top_logprobs or 0) if self.logprobs else None,
+        )
 
 
 class ChatMessageOut(BaseModel):

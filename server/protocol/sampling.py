@@ -9,10 +9,11 @@ import dataclasses
 import json
 from typing import Annotated
 
-from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AliasChoices, BeforeValidator, ConfigDict, Field
 
 from sampling import SamplingParams, SamplingParamsError, UnknownSamplerError
 from sampling.order import order_from_kobold_ids, order_from_names, with_temperature_last
+from server.protocol.body import RequestBody
 
 
 def _bias_pairs_to_dict(value: object) -> object:
@@ -49,7 +50,7 @@ def _token_id_list(value: object) -> object:
     return value
 
 
-class SamplerFields(BaseModel):
+class SamplerFields(RequestBody):
     # Unknown fields are kept (not rejected) so the response can list them as ignored.
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 

@@ -1,10 +1,12 @@
 """Token counting and decoding bodies, in each owner's shape (text-generation-webui, TabbyAPI, vLLM, Aphrodite,
 llama.cpp, KoboldCpp)."""
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
+
+from server.protocol.body import RequestBody
 
 
-class _Body(BaseModel):
+class _Body(RequestBody):
     model_config = ConfigDict(extra="ignore")
 
 

@@ -7,11 +7,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from prompting import PromptError, RenderedPrompt, parse_turns, render_prompt
-from prompting.labels import LABEL_MARK, TURN_SEPARATOR
 from server.engine.engine import Engine
-from server.engine.handle import GenerationHandle
 from server.engine.request import TokenLogprob
-from server.engine.tokenization import encode_prompt
 from server.errors import APIError
 from server.protocol.chat import (
     ChatChoice,
@@ -26,88 +23,68 @@ from server.protocol.chat import (
     TokenLogprobOut,
     TopLogprob,
 )
-from server.protocol.completions import Usage
-from server.protocol.fields import ignored_fields_header
-from server.routes.delivery import disconnected_response, error_event, merged, sse_response
-from server.routes.generation import completed, generation_requests, record_usage, response_id, without_leading_space
+from server.serving.engine_requests import engine_requests
+from server.serving.generation import Generation, joined_text
+from server.serving.headers import answer_headers
 from server.state import ready_engine, server_state
 
 router = APIRouter()
-
-# The reply ends where the next label starts; its blank line belongs to the separator, not the reply.
-NEXT_TURN = TURN_SEPARATOR + LABEL_MARK
 
 
 def rendered(body: ChatRequest, engine: Engine) -> tuple[RenderedPrompt, list[int]]:
     messages, setting = body.conversation()
     try:
-        prompt = render_prompt(messages, setting, body.speaker, special_tokens=engine.special_token_texts)
+        prompt = render_prompt(messages, setting, body.speaker, special_tokens=engine.vocabulary.special_texts)
     except PromptError as error:
         raise APIError(400, str(error), param=error.param) from error
-    return prompt, encode_prompt(engine.model.tokenizer, prompt.text, add_bos=True)
+    return prompt, engine.vocabulary.encode(prompt.text, add_bos=True)
 
 
 @router.post("/v1/chat/render", response_model=RenderResponse)
 async def render_chat(body: ChatRequest, request: Request) -> RenderResponse:
     engine = ready_engine(request)
     prompt, token_ids = rendered(body, engine)
-    bos = engine.model.tokenizer.bos_token or ""
-    return RenderResponse(prompt=bos + prompt.text, token_ids=token_ids, speaker=prompt.speaker)
+    return RenderResponse(prompt=engine.vocabulary.bos_text + prompt.text, token_ids=token_ids, speaker=prompt.speaker)
 
 
 @router.post("/v1/chat/completions", response_model=ChatCompletionResponse)
 async def create_chat_completion(
     body: ChatRequest, request: Request, response: Response
 ) -> Response | ChatCompletionResponse:
-    state = server_state(request)
-    engine = ready_engine(request)
+    state, engine = server_state(request), ready_engine(request)
     prompt, prompt_ids = rendered(body, engine)
-    several = body.max_turns > 1
-    top = body.top_logprobs or 0
-    generations = generation_requests(
-        body,
-        prompt_ids=prompt_ids,
-        max_tokens=body.max_tokens,
-        n=body.n,
-        stops=body.stop_list() if several else [NEXT_TURN, *body.stop_list()],
-        turn_stops=(NEXT_TURN, LABEL_MARK) if several else (),
-        turns=body.max_turns,
-        id_prefix="chatcmpl",
-        logprobs=top if body.logprobs else None,
-        http=request,
+    options = body.generation_options()
+    # The prompt ends at the speaker's colon: the reply's first space is the label's.
+    generation = Generation(
+        request, engine_requests(request, body, options, prompt_ids, "chatcmpl"), trim_reply_space=True
     )
-    handles = engine.submit_samples(generations)
-    headers = ignored_fields_header(body)
-    request_id = response_id(generations)
+    headers = answer_headers(request, body)
+    several = body.max_turns > 1
+    top = options.logprobs
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        scored = top if body.logprobs else None
-        chunks = _chunks(request, handles, engine, request_id, state.model_name, prompt, several, include_usage, scored)
-        return sse_response(chunks, headers=headers)
-    samples = await completed(handles, request)
-    if samples is None:
-        return disconnected_response()
+        template = ChatCompletionChunk(id=generation.id, model=state.model_name, choices=[])
+        return generation.stream(lambda g: _chunks(g, template, engine, prompt, several, include_usage, top), headers)
+    samples = await generation.collected()
     response.headers.update(headers)
     choices = []
     for index, outputs in enumerate(samples):
-        turns = parse_turns("".join(o.text for o in outputs), prompt.speaker)
-        scores = chat_logprobs(engine, [t for o in outputs for t in o.logprobs], top) if body.logprobs else None
+        turns = parse_turns(joined_text(outputs), prompt.speaker)
         choices.append(
             ChatChoice(
                 index=index,
                 message=ChatMessageOut.of(turns[0]),
                 messages=[ChatMessageOut.of(turn) for turn in turns] if several else None,
-                logprobs=scores,
+                logprobs=None if top is None else chat_logprobs(engine, [t for o in outputs for t in o.logprobs], top),
                 finish_reason=outputs[-1].finish_reason,
             )
         )
-    usage = Usage.of_samples([outputs[-1] for outputs in samples])
-    return ChatCompletionResponse(id=request_id, model=state.model_name, choices=choices, usage=usage)
+    return ChatCompletionResponse(id=generation.id, model=state.model_name, choices=choices, usage=generation.usage())
 
 
 def chat_logprobs(engine: Engine, tokens: Sequence[TokenLogprob], top: int) -> ChatLogprobs:
     def entry(token_id: int, logprob: float) -> TopLogprob:
-        text = engine.token_text(token_id)
+        text = engine.vocabulary.token_text(token_id)
         return TopLogprob(token=text, logprob=logprob, bytes=list(text.encode()))
 
     return ChatLogprobs(
@@ -121,48 +98,32 @@ def chat_logprobs(engine: Engine, tokens: Sequence[TokenLogprob], top: int) -> C
 
 
 async def _chunks(
-    request: Request,
-    handles: list[GenerationHandle],
+    generation: Generation,
+    template: ChatCompletionChunk,
     engine: Engine,
-    request_id: str,
-    model_name: str,
     prompt: RenderedPrompt,
     several: bool,
     include_usage: bool,
     top_logprobs: int | None,
 ) -> AsyncIterator[dict]:
-    template = ChatCompletionChunk(id=request_id, model=model_name, choices=[])
     excluded = set() if include_usage else {"usage"}
 
     def chunk(choice: ChatChunkChoice) -> dict:
         return template.model_copy(update={"choices": [choice]}).model_dump(exclude=excluded)
 
-    texts = [""] * len(handles)
-    finals = {}
-    try:
-        for index in range(len(handles)):
+    texts = [""] * len(generation.handles)
+    for index in range(len(texts)):
+        yield chunk(ChatChunkChoice(index=index, delta=ChatDelta(role="assistant", name=prompt.speaker, content="")))
+    async for index, output in generation.outputs():
+        texts[index] += output.text
+        scored = top_logprobs is not None and output.logprobs
+        scores = chat_logprobs(engine, output.logprobs, top_logprobs or 0) if scored else None
+        if output.text or scores:
+            yield chunk(ChatChunkChoice(index=index, delta=ChatDelta(content=output.text), logprobs=scores))
+        if output.finish_reason:
+            turns = [ChatMessageOut.of(t) for t in parse_turns(texts[index], prompt.speaker)] if several else None
             yield chunk(
-                ChatChunkChoice(index=index, delta=ChatDelta(role="assistant", name=prompt.speaker, content=""))
+                ChatChunkChoice(index=index, delta=ChatDelta(), messages=turns, finish_reason=output.finish_reason)
             )
-        async for index, output in merged([without_leading_space(handle) for handle in handles]):
-            if output.error:
-                yield error_event(output.error)
-                return
-            texts[index] += output.text
-            scored = top_logprobs is not None and output.logprobs
-            scores = chat_logprobs(engine, output.logprobs, top_logprobs or 0) if scored else None
-            if output.text or scores:
-                yield chunk(ChatChunkChoice(index=index, delta=ChatDelta(content=output.text), logprobs=scores))
-            if output.finish_reason:
-                finals[index] = output
-                turns = [ChatMessageOut.of(t) for t in parse_turns(texts[index], prompt.speaker)] if several else None
-                yield chunk(
-                    ChatChunkChoice(index=index, delta=ChatDelta(), messages=turns, finish_reason=output.finish_reason)
-                )
-        record_usage(request, list(finals.values()))
-        if include_usage and finals:
-            usage = Usage.of_samples(list(finals.values()))
-            yield template.model_copy(update={"usage": usage}).model_dump()
-    finally:
-        for handle in handles:
-            handle.cancel()
+    if include_usage and generation.finals:
+        yield template.model_copy(update={"usage": generation.usage()}).model_dump()

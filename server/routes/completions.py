@@ -5,28 +5,13 @@ from collections.abc import AsyncIterator, Sequence
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from prompting import drop_reply_space, ends_with_label_space
 from server.engine.engine import Engine
-from server.engine.handle import GenerationHandle
-from server.engine.request import GenerationOutput, TokenLogprob
-from server.engine.tokenization import encode_prompt
-from server.protocol.completions import (
-    CompletionChoice,
-    CompletionLogprobs,
-    CompletionRequest,
-    CompletionResponse,
-    Usage,
-)
-from server.protocol.fields import ignored_fields_header
-from server.routes.delivery import disconnected_response, error_event, merged, sse_response
-from server.routes.generation import (
-    completed,
-    generation_requests,
-    record_usage,
-    response_id,
-    truncated_left,
-    without_leading_space,
-)
+from server.engine.request import TokenLogprob
+from server.protocol.completions import CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse
+from server.serving.engine_requests import engine_requests
+from server.serving.generation import Generation, joined_text
+from server.serving.headers import answer_headers
+from server.serving.raw_prompt import raw_prompt
 from server.state import ready_engine, server_state
 
 router = APIRouter()
@@ -36,111 +21,73 @@ router = APIRouter()
 async def create_completion(
     body: CompletionRequest, request: Request, response: Response
 ) -> Response | CompletionResponse:
-    state = server_state(request)
-    engine = ready_engine(request)
-    trim = body.trim_label_space if body.trim_label_space is not None else state.settings.trim_label_space
-    # A prompt ending in "label: " ends in a lone space token the model never saw before a word; end it at the
-    # colon instead and let the reply's first word bring its space (then dropped from the returned text).
-    trim = trim and ends_with_label_space(body.prompt)
-    prompt_ids = encode_prompt(
-        engine.model.tokenizer, body.prompt[:-1] if trim else body.prompt, add_bos=body.add_bos_token is not False
-    )
-    generations = generation_requests(
-        body,
-        prompt_ids=truncated_left(prompt_ids, body, engine),
-        max_tokens=body.max_tokens,
-        n=body.n,
-        stops=body.stop_list(),
-        id_prefix="cmpl",
-        logprobs=body.logprobs,
-        skip_special_tokens=body.skip_special_tokens,
-        http=request,
-        genkey=body.genkey,
-    )
-    handles = engine.submit_samples(generations)
+    state, engine = server_state(request), ready_engine(request)
+    prompt = raw_prompt(body, body.prompt, engine, state.settings.trim_label_space)
+    requests = engine_requests(request, body, body.generation_options(), prompt.ids, "cmpl")
+    generation = Generation(request, requests, trim_reply_space=prompt.trims_reply_space, genkey=body.genkey)
+    headers = answer_headers(request, body)
     echo = body.prompt if body.echo else ""
-    headers = ignored_fields_header(body)
-    request_id = response_id(generations)
+    template = CompletionResponse(id=generation.id, model=state.model_name, choices=[])
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        outputs = [without_leading_space(h) if trim else h for h in handles]
-        events = _chunks(
-            request, handles, outputs, engine, request_id, state.model_name, echo, include_usage, body.logprobs
-        )
-        return sse_response(events, headers=headers)
-    samples = await completed(handles, request)
-    if samples is None:
-        return disconnected_response()
+        return generation.stream(lambda g: _chunks(g, template, engine, echo, include_usage, body.logprobs), headers)
+    samples = await generation.collected()
     response.headers.update(headers)
-    choices = []
-    for index, outputs in enumerate(samples):
-        text = "".join(o.text for o in outputs)
-        logprobs = None
-        if body.logprobs is not None:
-            logprobs = completion_logprobs(engine, [t for o in outputs for t in o.logprobs], len(echo), body.logprobs)
-        text = echo + (drop_reply_space(text) if trim else text)
-        choices.append(
-            CompletionChoice(index=index, text=text, logprobs=logprobs, finish_reason=outputs[-1].finish_reason)
+    choices = [
+        CompletionChoice(
+            index=index,
+            text=echo + joined_text(outputs),
+            logprobs=None
+            if body.logprobs is None
+            else completion_logprobs(engine, [t for o in outputs for t in o.logprobs], len(echo), body.logprobs),
+            finish_reason=outputs[-1].finish_reason,
         )
-    usage = Usage.of_samples([outputs[-1] for outputs in samples])
-    return CompletionResponse(id=request_id, model=state.model_name, choices=choices, usage=usage)
+        for index, outputs in enumerate(samples)
+    ]
+    return template.model_copy(update={"choices": choices, "usage": generation.usage()})
 
 
 def completion_logprobs(engine: Engine, tokens: Sequence[TokenLogprob], offset: int, top: int) -> CompletionLogprobs:
     """OpenAI's shape; `offset` is where the first token's text starts in the returned text."""
     result = CompletionLogprobs()
+    text_of = engine.vocabulary.token_text
     for token in tokens:
-        text = engine.token_text(token.token_id)
+        text = text_of(token.token_id)
         result.tokens.append(text)
         result.token_logprobs.append(token.logprob)
-        result.top_logprobs.append({engine.token_text(i): lp for i, lp in token.top[:top]} if top else None)
+        result.top_logprobs.append({text_of(i): lp for i, lp in token.top[:top]} if top else None)
         result.text_offset.append(offset)
         offset += len(text)
     return result
 
 
 async def _chunks(
-    request: Request,
-    handles: list[GenerationHandle],
-    outputs: list[AsyncIterator[GenerationOutput]],
+    generation: Generation,
+    template: CompletionResponse,
     engine: Engine,
-    request_id: str,
-    model_name: str,
     echo: str,
     include_usage: bool,
     logprobs: int | None,
 ) -> AsyncIterator[dict]:
-    template = CompletionResponse(id=request_id, model=model_name, choices=[])
     # With include_usage OpenAI sends "usage": null on every chunk but the last; without it, no usage key.
     excluded = set() if include_usage else {"usage"}
-    offsets = [len(echo)] * len(handles)
-    finals: dict[int, GenerationOutput] = {}
+    offsets = [len(echo)] * len(generation.handles)
 
-    def chunk(index: int, output: GenerationOutput | None, text: str) -> dict:
-        scores = None
-        if logprobs is not None and output is not None:
-            scores = completion_logprobs(engine, output.logprobs, offsets[index], logprobs)
-            offsets[index] += sum(len(t) for t in scores.tokens)
-        finish = output.finish_reason if output else None
-        choice = CompletionChoice(index=index, text=text, logprobs=scores, finish_reason=finish)
+    def chunk(choice: CompletionChoice) -> dict:
         return template.model_copy(update={"choices": [choice]}).model_dump(exclude=excluded)
 
-    try:
-        if echo:
-            for index in range(len(handles)):
-                yield chunk(index, None, echo)
-        async for index, output in merged(outputs):
-            if output.error:
-                yield error_event(output.error)
-                return
-            if output.text or output.finish_reason or output.logprobs:
-                yield chunk(index, output, output.text)
-            if output.finish_reason:
-                finals[index] = output
-        record_usage(request, list(finals.values()))
-        if include_usage and finals:
-            usage = Usage.of_samples(list(finals.values()))
-            yield template.model_copy(update={"usage": usage}).model_dump()
-    finally:
-        for handle in handles:
-            handle.cancel()
+    if echo:
+        for index in range(len(generation.handles)):
+            yield chunk(CompletionChoice(index=index, text=echo))
+    async for index, output in generation.outputs():
+        if not (output.text or output.finish_reason or output.logprobs):
+            continue
+        scores = None
+        if logprobs is not None:
+            scores = completion_logprobs(engine, output.logprobs, offsets[index], logprobs)
+            offsets[index] += sum(len(t) for t in scores.tokens)
+        yield chunk(
+            CompletionChoice(index=index, text=output.text, logprobs=scores, finish_reason=output.finish_reason)
+        )
+    if include_usage and generation.finals:
+        yield template.model_copy(update={"usage": generation.usage()}).model_dump()

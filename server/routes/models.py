@@ -15,7 +15,7 @@ _STARTED = int(time.time())
 def _card(state: ServerState) -> dict:
     entry = {"id": state.model_name, "object": "model", "created": _STARTED, "owned_by": "rpserve"}
     if state.engine is not None:
-        entry["max_model_len"] = state.engine.model.context_length
+        entry["max_model_len"] = state.engine.context_length
     return entry
 
 
@@ -32,7 +32,7 @@ async def tabby_model_list(request: Request) -> dict:
 @router.get("/v1/model")
 async def tabby_current_model(request: Request) -> dict:
     state = server_state(request)
-    context = ready_engine(request).model.context_length
+    context = ready_engine(request).context_length
     return {**_card(state), "parameters": {"max_seq_len": context}}
 
 
@@ -46,7 +46,7 @@ async def webui_model_info(request: Request) -> dict:
 @router.get("/props")
 async def llamacpp_props(request: Request) -> dict:
     state = server_state(request)
-    context = ready_engine(request).model.context_length
+    context = ready_engine(request).context_length
     return {
         "default_generation_settings": {"n_ctx": context, "model": state.model_name},
         "total_slots": state.settings.max_running,

@@ -6,7 +6,6 @@ the event loop, beside (never behind) a running generation.
 
 from fastapi import APIRouter, Request
 
-from server.engine.tokenization import encode_prompt
 from server.errors import APIError
 from server.protocol.tokens import DecodeBody, KoboldCountBody, TabbyEncodeBody, TextBody, TokenizeBody
 from server.state import ready_engine
@@ -15,15 +14,15 @@ router = APIRouter()
 
 
 def _encode(request: Request, text: str, *, add_bos: bool) -> list[int]:
-    return encode_prompt(ready_engine(request).model.tokenizer, text, add_bos=add_bos)
+    return ready_engine(request).vocabulary.encode(text, add_bos=add_bos)
 
 
 def _decode(request: Request, tokens: list[int]) -> str:
-    engine = ready_engine(request)
-    outside = [t for t in tokens if not 0 <= t < engine.model.vocab_size]
+    vocabulary = ready_engine(request).vocabulary
+    outside = vocabulary.outside(tokens)
     if outside:
         raise APIError(400, f"Token id {outside[0]} is not in the vocabulary.", param="tokens")
-    return engine.model.tokenizer.decode(tokens, skip_special_tokens=False)
+    return vocabulary.decode(tokens)
 
 
 @router.post("/v1/internal/encode")
@@ -63,7 +62,7 @@ async def tokenize(body: TokenizeBody, request: Request) -> dict:
         tokens = _encode(request, body.prompt, add_bos=body.add_special_tokens is not False)
     else:
         tokens = _encode(request, body.content or "", add_bos=bool(body.add_special))
-    context = ready_engine(request).model.context_length
+    context = ready_engine(request).context_length
     return {"tokens": tokens, "count": len(tokens), "max_model_len": context}
 
 

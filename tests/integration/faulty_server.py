@@ -23,24 +23,22 @@ FAULT_AFTER_TOKENS = 2
 
 faulty: dict[str, str] = {}  # sequence id -> kind of fault
 generated: dict[str, int] = {}  # decode steps seen per faulty sequence
-sampler_rows: dict[int, int] = {}  # sampler row of a `sampler` fault -> times it was sampled
+sampler_slots: dict[int, int] = {}  # sampler slot of a `sampler` fault -> times it was sampled
 
 
-def _submit_samples(engine: Engine, requests: list) -> list:
+def _submit(engine: Engine, requests: list) -> list:
     for request in requests:
-        found = FAULT.search(engine.model.tokenizer.decode(request.prompt_ids))
+        found = FAULT.search(engine.vocabulary.decode(request.prompt_ids))
         if found:
-            faulty[request.request_id] = found.group(1)
+            faulty[request.sample_id] = found.group(1)
     return original_submit(engine, requests)
 
 
-def _admit(engine: Engine) -> list:
-    groups = original_admit(engine)
-    for group in groups:
-        for sequence in group:
-            if faulty.get(sequence.id) == "sampler":
-                sampler_rows[sequence.row] = 0
-    return groups
+def _start(engine: Engine, group: list) -> None:
+    original_start(engine, group)
+    for state in group:
+        if faulty.get(state.id) == "sampler":
+            sampler_slots[state.sampler_slot] = 0
 
 
 def _prefill_chunk(runner: ModelRunner, sequence_id: str, budget: int) -> torch.Tensor | None:
@@ -75,21 +73,21 @@ def _out_of_memory(*_: object) -> None:
     raise torch.OutOfMemoryError("injected: out of memory while growing the cache")
 
 
-def _sample(sampler: Sampler, logits: torch.Tensor, rows: list, bans: list | None = None) -> list:
-    for row in sampler_rows.keys() & set(rows):
-        sampler_rows[row] += 1
-        if sampler_rows[row] > FAULT_AFTER_TOKENS:
+def _sample(sampler: Sampler, logits: torch.Tensor, slots: list, bans: list | None = None) -> list:
+    for slot in sampler_slots.keys() & set(slots):
+        sampler_slots[slot] += 1
+        if sampler_slots[slot] > FAULT_AFTER_TOKENS:
             raise RuntimeError("injected: sampler failure")
-    return original_sample(sampler, logits, rows, bans)
+    return original_sample(sampler, logits, slots, bans)
 
 
-def _remove(sampler: Sampler, row: int) -> None:
-    sampler_rows.pop(row, None)
-    original_remove(sampler, row)
+def _remove(sampler: Sampler, slot: int) -> None:
+    sampler_slots.pop(slot, None)
+    original_remove(sampler, slot)
 
 
-original_submit, Engine.submit_samples = Engine.submit_samples, _submit_samples
-original_admit, Engine._admit = Engine._admit, _admit
+original_submit, Engine.submit = Engine.submit, _submit
+original_start, Engine._start = Engine._start, _start
 original_prefill_chunk, ModelRunner.prefill_chunk = ModelRunner.prefill_chunk, _prefill_chunk
 original_decode, ModelRunner.decode = ModelRunner.decode, _decode
 original_sample, Sampler.sample = Sampler.sample, _sample

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -62,12 +63,24 @@ class ServerProcess:
         step that delivered an answer, which can come just after the client read it."""
         deadline = time.monotonic() + timeout
         health = self.health()
-        while (health["running"], health["waiting"], health["cached_sequences"]) != (0, 0, 0):
+        while (health["running"], health["waiting"], health["running_caches"]) != (0, 0, 0):
             if time.monotonic() > deadline:
                 break
             time.sleep(0.05)
             health = self.health()
         return health
+
+    def wait_while_working(self, busy: Callable[[], bool], stall_seconds: float = 120) -> None:
+        """Waits as long as `busy()` holds, failing only when the server makes no progress (no token generated or
+        prefilled, no request finished) for `stall_seconds`: a slow machine is no failure, a stuck server is."""
+        progress, since = None, time.monotonic()
+        while busy():
+            health = self.health()
+            now = (health["generated_tokens"], health["prefilled_tokens"], health["finished_requests"])
+            if now != progress:
+                progress, since = now, time.monotonic()
+            assert time.monotonic() - since < stall_seconds, f"no progress for {stall_seconds} s: {health}"
+            time.sleep(0.05)
 
     def output(self) -> str:
         return Path(self.log.name).read_text(errors="replace")

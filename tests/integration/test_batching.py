@@ -27,7 +27,7 @@ def test_concurrent_requests_get_the_tokens_they_get_alone(server):
         together = list(pool.map(lambda p: greedy(server.url, p), PROMPTS))
     assert together == alone
     health = server.settled_health()
-    assert (health["running"], health["waiting"], health["cached_sequences"]) == (0, 0, 0)
+    assert (health["running"], health["waiting"], health["running_caches"]) == (0, 0, 0)
 
 
 def test_a_long_prompt_is_prefilled_between_the_running_streams_steps(server):
@@ -53,4 +53,4 @@ def test_a_long_prompt_is_prefilled_between_the_running_streams_steps(server):
         worker.join()
     # With the prompt prefilled in 512-token chunks, the running stream advanced between chunks.
     assert progress["after"] - progress["before"] >= 4
-    assert server.settled_health()["cached_sequences"] == 0
+    assert server.settled_health()["running_caches"] == 0

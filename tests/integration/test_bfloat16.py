@@ -57,4 +57,4 @@ def test_concurrent_streams_each_get_their_tokens(client, default_server):
         results = list(pool.map(one, range(4)))
     assert all(text and finish in ("length", "stop") for text, finish in results)
     health = default_server.settled_health()
-    assert health["running"] == health["waiting"] == health["cached_sequences"] == 0
+    assert health["running"] == health["waiting"] == health["running_caches"] == 0

@@ -30,7 +30,7 @@ def wait_until_idle(server, timeout: float = 10) -> dict:
 
 def assert_generation_stopped(server, before: dict) -> None:
     idle = wait_until_idle(server)
-    assert idle["cached_sequences"] == 0
+    assert idle["running_caches"] == 0
     time.sleep(1.0)
     after = server.health()
     assert after["generated_tokens"] == idle["generated_tokens"]

@@ -65,7 +65,7 @@ def test_a_fault_fails_its_request_alone(faulty_server, alone, kind):
         assert results[str(i)].status_code == 200
         assert results[str(i)].json()["choices"][0]["text"] == alone[i]
     health = faulty_server.settled_health()
-    assert (health["running"], health["waiting"], health["cached_sequences"]) == (0, 0, 0)
+    assert (health["running"], health["waiting"], health["running_caches"]) == (0, 0, 0)
     assert health["failed_requests"] == before + 1
 
 

@@ -1,52 +1,70 @@
 """With a KV budget too small for two requests at once, the second waits for the first instead of failing; a
-request bigger than the whole budget still runs, alone."""
+request bigger than the whole budget still runs, alone. Sized in tokens reserved, not generated: each request
+generates a few tokens, and the tests wait on the server's progress, never on the clock."""
 
 import threading
-import time
 
 import httpx
 import pytest
 
+from server.engine.growing_layer import HEADROOM_TOKENS
+from server.engine.memory import GENERATION_RESERVE_TOKENS
 from tests.integration.endless import endless_request
 from tests.integration.server_process import ServerProcess
 from tests.integration.sse import data_events
 
-# SmolLM2-135M holds 45 KiB of KV cache per token: 32 MiB is 728 tokens, less than two requests of ~405.
-BUDGET_MB = "32"
+# SmolLM2-135M holds 45 KiB of KV cache per token (float32): 100 MiB is 2,275 tokens. A request that may generate
+# without limit is counted for its prompt, the generation reserve and the cache's headroom (about 2,180 tokens):
+# one fits, two do not.
+BUDGET_MB = 100
+BUDGET_TOKENS = BUDGET_MB * 2**20 // (45 * 1024)
 
 
 @pytest.fixture(scope="module")
 def small_server():
-    server = ServerProcess("--kv-cache-mb", BUDGET_MB).wait_ready()
+    server = ServerProcess("--kv-cache-mb", str(BUDGET_MB)).wait_ready()
     yield server
     server.stop()
 
 
+def post_in_background(url: str, body: dict) -> tuple[threading.Thread, dict]:
+    answer: dict = {}
+
+    def post() -> None:
+        answer["response"] = httpx.post(f"{url}/v1/completions", json=body, timeout=None)
+
+    thread = threading.Thread(target=post)
+    thread.start()
+    return thread, answer
+
+
 def test_a_request_that_does_not_fit_waits_for_room(small_server):
+    assert (
+        2 * (GENERATION_RESERVE_TOKENS + HEADROOM_TOKENS) > BUDGET_TOKENS > GENERATION_RESERVE_TOKENS + HEADROOM_TOKENS
+    )
     url = small_server.url
-    second: dict = {}
-
-    def run_second() -> None:
-        body = endless_request(max_tokens=360)
-        second["response"] = httpx.post(f"{url}/v1/completions", json=body, timeout=120)
-
-    with httpx.stream("POST", f"{url}/v1/completions", json=endless_request(max_tokens=400, stream=True)) as first:
+    with httpx.stream("POST", f"{url}/v1/completions", json=endless_request(stream=True), timeout=None) as first:
         events = data_events(first.iter_lines())
         next(events)
-        waiter = threading.Thread(target=run_second)
-        waiter.start()
-        deadline = time.monotonic() + 20
-        while (small_server.health()["running"], small_server.health()["waiting"]) != (1, 1):
-            assert time.monotonic() < deadline, small_server.health()
-            time.sleep(0.05)
+        waiter, second = post_in_background(url, endless_request(max_tokens=8))
+        small_server.wait_while_working(
+            lambda: (small_server.health()["running"], small_server.health()["waiting"]) != (1, 1)
+        )
         next(events)  # the first still streams while the second waits
-    waiter.join(timeout=120)
+        assert small_server.health()["waiting"] == 1
+    # The first's client left: it ends, and the second gets its room.
+    small_server.wait_while_working(waiter.is_alive)
     response = second["response"]
     assert response.status_code == 200
-    assert response.json()["usage"]["completion_tokens"] == 360
+    assert response.json()["usage"]["completion_tokens"] == 8
     assert small_server.settled_health()["running"] == 0
 
 
 def test_a_request_bigger_than_the_budget_runs_alone(small_server):
-    response = httpx.post(f"{small_server.url}/v1/completions", json=endless_request(max_tokens=740), timeout=120)
-    assert response.status_code == 200 and response.json()["usage"]["completion_tokens"] == 740
+    prompt = " once" * BUDGET_TOKENS  # more prompt tokens than the whole budget holds
+    waiter, answer = post_in_background(small_server.url, endless_request(prompt, max_tokens=8))
+    small_server.wait_while_working(waiter.is_alive)
+    response = answer["response"]
+    assert response.status_code == 200
+    assert response.json()["usage"]["prompt_tokens"] > BUDGET_TOKENS
+    assert response.json()["usage"]["completion_tokens"] == 8

@@ -38,7 +38,7 @@ def test_swipe_and_follow_up_reuse_the_cache(client, server, cold_server):
     assert after["prefilled_tokens"] - before["prefilled_tokens"] <= new_tokens + 3
     cold = cold_server_answer(cold_server, follow_up)
     assert warm["choices"][0]["text"] == cold
-    assert server.settled_health()["cached_sequences"] == 0
+    assert server.settled_health()["running_caches"] == 0
 
 
 def cold_server_answer(cold_server: ServerProcess, prompt: str) -> str:

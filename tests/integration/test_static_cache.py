@@ -56,7 +56,7 @@ def test_static_and_dynamic_caches_give_the_same_tokens(static_server, dynamic_s
     assert same(greedy_texts(static_server.url), dynamic)  # again: now from the prefix cache
     assert same(greedy_texts(static_server.url, n=2), [samples * 2 for samples in dynamic])
     health = static_server.settled_health()
-    assert (health["running"], health["cached_sequences"]) == (0, 0)
+    assert (health["running"], health["running_caches"]) == (0, 0)
 
 
 def test_the_context_is_what_a_slot_holds(static_server):

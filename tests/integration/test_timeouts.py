@@ -8,9 +8,8 @@ import httpx
 
 from sampling import SamplingParams
 from server.engine.engine import Engine
-from server.engine.loader import load
+from server.engine.loader import ModelSpec, load
 from server.engine.request import GenerationRequest
-from server.settings import Settings
 from tests.integration.endless import endless_request
 from tests.integration.server_process import ServerProcess
 from tests.integration.sse import data_events
@@ -27,20 +26,20 @@ def test_a_running_request_ends_at_the_timeout_with_its_text():
         assert "".join(e["choices"][0]["text"] for e in events if e["choices"])
         assert events[-1]["choices"][0]["finish_reason"] == "length"
         health = server.settled_health()
-        assert (health["running"], health["cached_sequences"], health["timed_out_requests"]) == (0, 0, 1)
+        assert (health["running"], health["running_caches"], health["timed_out_requests"]) == (0, 0, 1)
         assert "rpserve_timed_out_requests_total 1.0" in httpx.get(f"{server.url}/metrics").text
     finally:
         server.stop()
 
 
 def test_a_request_that_waited_past_its_deadline_gets_503():
-    engine = Engine(load(Settings()), max_running=1, prefix_cache_mb=0, kv_budget_bytes=2**30, request_timeout=0.05)
+    engine = Engine(load(ModelSpec()), max_running=1, prefix_cache_mb=0, kv_budget_bytes=2**30, request_timeout=0.05)
     request = GenerationRequest(
-        request_id="late", prompt_ids=(1, 2, 3), params=SamplingParams(), stop_strings=(), max_tokens=5
+        sample_id="late", prompt_ids=(1, 2, 3), params=SamplingParams(), stop_strings=(), max_tokens=5
     )
 
     async def submit_before_the_engine_runs() -> list:
-        handle = engine.submit(request)
+        (handle,) = engine.submit([request])
         await asyncio.sleep(0.2)
         engine.start()
         return [output async for output in handle]
@@ -49,6 +48,6 @@ def test_a_request_that_waited_past_its_deadline_gets_503():
         outputs = asyncio.run(submit_before_the_engine_runs())
     finally:
         engine.shutdown()
-    assert (outputs[-1].finish_reason, outputs[-1].error_status, outputs[-1].completion_tokens) == ("error", 503, 0)
-    assert "timed out" in outputs[-1].error
+    assert (outputs[-1].finish_reason, outputs[-1].error.retryable, outputs[-1].completion_tokens) == ("error", True, 0)
+    assert "timed out" in outputs[-1].error.message
     assert engine.in_flight == 0

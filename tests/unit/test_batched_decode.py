@@ -6,12 +6,12 @@ import torch
 from server.engine import growing_layer
 from server.engine.runner import ModelRunner
 from server.engine.static_batch_cache import StaticBatchCache
-from tests.toy import tiny_llama
+from tests.toy import prefill, tiny_llama
 
 
 def greedy_alone(model, prompt: list[int], steps: int) -> list[int]:
     runner = ModelRunner(model, torch.device("cpu"), prefix_budget_tokens=0)
-    tokens = [int(runner.prefill("x", prompt).argmax())]
+    tokens = [int(prefill(runner, "x", prompt).argmax())]
     for _ in range(steps - 1):
         tokens.append(int(runner.decode([("x", tokens[-1])])[0].argmax()))
     return tokens
@@ -26,11 +26,11 @@ def test_rows_of_different_lengths_joining_and_leaving_mid_batch(monkeypatch, he
     prompts = {"a": list(range(1, 30)), "b": list(range(5, 12)), "c": [3, 9, 27, 17, 50]}
     expected = {name: greedy_alone(model, prompt, 12) for name, prompt in prompts.items()}
     runner = ModelRunner(model, torch.device("cpu"), prefix_budget_tokens=0)
-    got = {"a": [int(runner.prefill("a", prompts["a"]).argmax())]}
-    got["b"] = [int(runner.prefill("b", prompts["b"]).argmax())]
+    got = {"a": [int(prefill(runner, "a", prompts["a"]).argmax())]}
+    got["b"] = [int(prefill(runner, "b", prompts["b"]).argmax())]
     for step in range(11):
         if step == 4:  # "c" joins while the others are mid-way
-            got["c"] = [int(runner.prefill("c", prompts["c"]).argmax())]
+            got["c"] = [int(prefill(runner, "c", prompts["c"]).argmax())]
         live = [name for name in got if len(got[name]) < 12]
         logits = runner.decode([(name, got[name][-1]) for name in live])
         for name, row in zip(live, logits, strict=True):
@@ -42,7 +42,7 @@ def test_rows_of_different_lengths_joining_and_leaving_mid_batch(monkeypatch, he
         got["c"].append(int(runner.decode([("c", got["c"][-1])])[0].argmax()))
     assert got == expected
     runner.release("c")
-    assert runner.cached_sequences == 0
+    assert runner.running_caches == 0
 
 
 @torch.inference_mode()
@@ -51,15 +51,15 @@ def test_backing_off_equals_a_cold_start_on_the_shorter_history():
     runner = ModelRunner(model, torch.device("cpu"), prefix_budget_tokens=0)
     prompt = list(range(1, 20))
     other = list(range(30, 36))
-    runner.prefill("other", other)
-    tokens = [int(runner.prefill("x", prompt).argmax())]
+    prefill(runner, "other", other)
+    tokens = [int(prefill(runner, "x", prompt).argmax())]
     for _ in range(5):
         logits = runner.decode([("other", 1), ("x", tokens[-1])])
         tokens.append(int(logits[1].argmax()))
     # Back off to 2 generated tokens: the cache keeps prompt + tokens[:1]; tokens[1] is fed again.
     runner.crop("x", len(prompt) + 1)
     again = runner.decode([("other", 1), ("x", tokens[1])])[1]
-    cold = ModelRunner(model, torch.device("cpu"), prefix_budget_tokens=0).prefill("y", prompt + tokens[:2])
+    cold = prefill(ModelRunner(model, torch.device("cpu"), prefix_budget_tokens=0), "y", prompt + tokens[:2])
     torch.testing.assert_close(again, cold, atol=1e-5, rtol=1e-5)
 
 
@@ -67,7 +67,7 @@ def test_backing_off_equals_a_cold_start_on_the_shorter_history():
 def test_forked_samples_continue_like_their_source():
     model = tiny_llama()
     runner = ModelRunner(model, torch.device("cpu"), prefix_budget_tokens=0)
-    first = runner.prefill("s0", list(range(1, 15)))
+    first = prefill(runner, "s0", list(range(1, 15)))
     runner.fork("s0", "s1")
     token = int(first.argmax())
     logits = runner.decode([("s0", token), ("s1", token)])
@@ -79,13 +79,13 @@ def test_finished_rows_feed_the_prefix_cache():
     model = tiny_llama()
     runner = ModelRunner(model, torch.device("cpu"), prefix_budget_tokens=1000)
     prompt = list(range(1, 25))
-    runner.prefill("a", list(range(40, 50)))
-    cold = runner.prefill("b", prompt)
+    prefill(runner, "a", list(range(40, 50)))
+    cold = prefill(runner, "b", prompt)
     token = int(cold.argmax())
     runner.decode([("a", 1), ("b", token)])
     runner.release("b", [*prompt, token])
-    warm = runner.prefill("c", [*prompt, token, 7])
-    reference = ModelRunner(model, torch.device("cpu"), prefix_budget_tokens=0).prefill("d", [*prompt, token, 7])
+    warm = prefill(runner, "c", [*prompt, token, 7])
+    reference = prefill(ModelRunner(model, torch.device("cpu"), prefix_budget_tokens=0), "d", [*prompt, token, 7])
     assert runner.reused_tokens == len(prompt) + 1
     torch.testing.assert_close(warm, reference, atol=1e-5, rtol=1e-5)
 
@@ -105,13 +105,13 @@ def test_the_static_cache_gives_what_each_sequence_gets_alone(monkeypatch):
     steps = 14
     expected = {name: greedy_alone(model, prompt, steps) for name, prompt in prompts.items()}
     runner = ModelRunner(model, torch.device("cpu"), prefix_budget_tokens=0, static=(3, 52))
-    got = {"b": [int(runner.prefill("b", prompts["b"]).argmax())]}
-    got["a"] = [int(runner.prefill("a", prompts["a"]).argmax())]  # longer than the write column: rows shift
+    got = {"b": [int(prefill(runner, "b", prompts["b"]).argmax())]}
+    got["a"] = [int(prefill(runner, "a", prompts["a"]).argmax())]  # longer than the write column: rows shift
     for step in range(40):
         if step == 3:
-            got["c"] = [int(runner.prefill("c", prompts["c"]).argmax())]
+            got["c"] = [int(prefill(runner, "c", prompts["c"]).argmax())]
         if step == 14:  # "a" and "b" are done: "d" joins, and the buffer soon needs compacting
-            got["d"] = [int(runner.prefill("d", prompts["d"]).argmax())]
+            got["d"] = [int(prefill(runner, "d", prompts["d"]).argmax())]
         live = [name for name in got if len(got[name]) < steps]
         if not live:
             break
@@ -121,7 +121,7 @@ def test_the_static_cache_gives_what_each_sequence_gets_alone(monkeypatch):
             if len(got[name]) == steps:
                 runner.release(name)
     assert got == expected
-    assert runner.cached_sequences == 0
+    assert runner.running_caches == 0
     assert {"_shift", "_compact"} <= set(moves)
 
 
@@ -132,8 +132,8 @@ def test_a_static_row_whose_back_off_holes_fill_the_width_is_packed_not_failed()
     model = tiny_llama()
     prompt, other = list(range(1, 9)), [40, 41, 42]
     runner = ModelRunner(model, torch.device("cpu"), prefix_budget_tokens=0, static=(2, 16))
-    runner.prefill("x", prompt)
-    runner.prefill("other", other)
+    prefill(runner, "x", prompt)
+    prefill(runner, "other", other)
     other_tokens = [5]
     for _ in range(12):  # more steps than free columns
         logits = runner.decode([("x", 7), ("other", other_tokens[-1])])
@@ -141,9 +141,9 @@ def test_a_static_row_whose_back_off_holes_fill_the_width_is_packed_not_failed()
         runner.crop("x", len(prompt))
     logits = runner.decode([("x", 7), ("other", other_tokens[-1])])
     alone = ModelRunner(model, torch.device("cpu"), prefix_budget_tokens=0)
-    torch.testing.assert_close(logits[0], alone.prefill("y", [*prompt, 7]), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logits[0], prefill(alone, "y", [*prompt, 7]), atol=1e-5, rtol=1e-5)
     other_alone = ModelRunner(model, torch.device("cpu"), prefix_budget_tokens=0)
-    other_alone.prefill("o", other)
+    prefill(other_alone, "o", other)
     expected = [5]
     while len(expected) < len(other_tokens):
         expected.append(int(other_alone.decode([("o", expected[-1])])[0].argmax()))
@@ -162,7 +162,7 @@ def test_the_compiled_static_decode_step_is_one_graph_with_the_same_tokens():
     torch._dynamo.reset()
     counters.clear()
     runner = ModelRunner(model, torch.device("cpu"), 0, static=(2, 40), compile_decode=True)
-    got = {name: [int(runner.prefill(name, prompts[name]).argmax())] for name in ("a", "b")}
+    got = {name: [int(prefill(runner, name, prompts[name]).argmax())] for name in ("a", "b")}
     while any(len(tokens) < 8 for tokens in got.values()):
         live = [name for name in got if len(got[name]) < 8]
         for name, row in zip(live, runner.decode([(n, got[n][-1]) for n in live]), strict=True):
@@ -170,6 +170,6 @@ def test_the_compiled_static_decode_step_is_one_graph_with_the_same_tokens():
             if len(got[name]) == 8:
                 runner.release(name)
                 if "c" not in got:  # a new row takes the freed slot
-                    got["c"] = [int(runner.prefill("c", prompts["c"]).argmax())]
+                    got["c"] = [int(prefill(runner, "c", prompts["c"]).argmax())]
     assert got == expected
     assert counters["stats"]["unique_graphs"] == 1

@@ -9,10 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sampling import Sampler, SamplingParams
-from sampling.dry import dry_penalties
-from sampling.reference import reference_dry
 from server.engine.detokenizer import token_bytes_table, token_texts
 from tests import tokenizers
+from tests.dry_reference import dry_penalties, reference_dry
 from tests.toy import greedy_tokenizer
 
 LETTERS = [chr(c) for c in range(ord("a"), ord("z") + 1)]
@@ -209,7 +208,7 @@ def test_incremental_updates_match_the_definition(history, split, allowed_length
         dry_penalty_last_n=penalty_last_n,
         dry_sequence_breakers=breakers,
     )
-    sampler = Sampler(rows=2, capacity=len(history) + 4, vocab=VOCAB, tokenize=tokenize)
+    sampler = Sampler(slots=2, capacity=len(history) + 4, vocab=VOCAB, tokenize=tokenize)
     other = sampler.add(ids(*"abab"), params)  # a second row in the batch, advancing alongside
     row = sampler.add(history[:split], params)
     for token in history[split:]:

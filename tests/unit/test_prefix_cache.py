@@ -2,7 +2,7 @@ import torch
 
 from server.engine.prefix_cache import PrefixCache, common_prefix
 from server.engine.runner import ModelRunner
-from tests.toy import tiny_llama
+from tests.toy import prefill, tiny_llama
 
 
 def tiny_runner(budget: int = 1000) -> ModelRunner:
@@ -19,12 +19,12 @@ def test_common_prefix():
 def test_follow_up_prefills_only_new_tokens_with_the_same_logits():
     runner = tiny_runner()
     first = list(range(1, 40))
-    runner.prefill("a", first)
+    prefill(runner, "a", first)
     runner.release("a", first)
     follow_up = [*first, 50, 51, 52]
-    cached = runner.prefill("b", follow_up)
+    cached = prefill(runner, "b", follow_up)
     assert (runner.reused_tokens, runner.prefilled_tokens) == (39, 39 + 3)
-    cold = tiny_runner(budget=0).prefill("c", follow_up)
+    cold = prefill(tiny_runner(budget=0), "c", follow_up)
     torch.testing.assert_close(cached, cold, atol=1e-5, rtol=1e-5)
 
 
@@ -32,9 +32,9 @@ def test_follow_up_prefills_only_new_tokens_with_the_same_logits():
 def test_swipe_prefills_one_token():
     runner = tiny_runner()
     prompt = list(range(1, 30))
-    cold = runner.prefill("a", prompt)
+    cold = prefill(runner, "a", prompt)
     runner.release("a", prompt)
-    again = runner.prefill("b", prompt)
+    again = prefill(runner, "b", prompt)
     assert runner.reused_tokens == 28 and runner.prefilled_tokens == 29 + 1
     torch.testing.assert_close(again, cold, atol=1e-5, rtol=1e-5)
 
@@ -44,10 +44,10 @@ def test_budget_and_superseded_entries():
     runner = tiny_runner(budget=50)
     cache = runner.prefix_cache
     for name, ids in (("a", list(range(1, 21))), ("b", list(range(1, 31)))):
-        runner.prefill(name, ids)
+        prefill(runner, name, ids)
         runner.release(name, ids)
     assert len(cache) == 1 and cache.tokens == 30  # the longer entry replaced its prefix
-    runner.prefill("c", list(range(33, 63)))
+    prefill(runner, "c", list(range(33, 63)))
     runner.release("c", list(range(33, 63)))
     assert cache.tokens <= 50 and len(cache) == 1  # the older entry went out to respect the budget
 

@@ -1,7 +1,5 @@
 """Prompt building in the exact `::::` format, its validation, and parsing generated turns back."""
 
-import json
-import re
 from pathlib import Path
 
 import pytest
@@ -14,9 +12,9 @@ from prompting import (
     PromptError,
     Setting,
     conversation_text,
-    count_labels,
     drop_reply_space,
     ends_with_label_space,
+    format_problems,
     parse_turns,
     render_prompt,
 )
@@ -141,7 +139,6 @@ def test_bad_input_names_the_place_and_the_reason(messages, setting, speaker, pa
 
 def test_parse_turns_written_by_the_model():
     text = ' "Wow!" she said.\n\n::::user:Anon: Sure.\n\n::::user: (OOC: shorter)\n\n::::assistant:Nanashi: Fine.'
-    assert count_labels(text) == 3
     assert parse_turns(text, "Nanashi") == [
         Message("assistant", '"Wow!" she said.', "Nanashi"),
         Message("user", "Sure.", "Anon"),
@@ -199,33 +196,30 @@ def test_a_trailing_space_would_break_the_prefix_property():
     assert whole[: len(with_space)] != with_space
 
 
-def render_like_sillytavern(context: dict, instruct: dict, chat: list[tuple[str, str]], char: str, card: dict) -> str:
-    """SillyTavern's Text Completion assembly for instruct mode: story string, then each message wrapped in its
-    sequence with {{name}} filled, then the output sequence for the character."""
-
-    def handlebars(template: str, values: dict) -> str:
-        block = re.compile(r"\{\{#if (\w+)\}\}((?:(?!\{\{#if).)*?)\{\{/if\}\}", re.S)
-        while block.search(template):
-            template = block.sub(lambda m: m.group(2) if values.get(m.group(1)) else "", template)
-        return re.sub(r"\{\{(\w+)\}\}", lambda m: values.get(m.group(1), ""), template)
-
-    text = handlebars(context["story_string"], card)
-    for name, message in chat:
-        sequence = instruct["output_sequence"] if name == char else instruct["input_sequence"]
-        text += sequence.replace("{{name}}", name) + message
-    return text + instruct["output_sequence"].replace("{{name}}", char)
-
-
-def test_sillytavern_presets_produce_the_format():
-    context = json.loads((PRESETS / "Herrsimian-context.json").read_text())
-    instruct = json.loads((PRESETS / "Herrsimian-instruct.json").read_text())
-    card = {"char": "Nanashi", "description": "Anon's long-time friend.", "user": "Anon", "scenario": "A chat."}
-    chat = [("Anon", '"Hello," said Anon.'), ("Nanashi", '"Hi," said Nanashi.'), ("Anon", "Anon smiled.")]
-    assembled = render_like_sillytavern(context, instruct, chat, "Nanashi", card)
-    ours = render_prompt(
-        [Message("assistant" if n == "Nanashi" else "user", m, n) for n, m in chat],
-        Setting(characters=(Character("Nanashi", "Anon's long-time friend."),), scenario="A chat."),
+def test_format_problems_of_good_prompts():
+    assert format_problems("::::user: Hi.\n\n::::assistant:Nanashi: Hello.\n\n::::user:Anon: Bye.") == []
+    assert format_problems("::::user: Hi.\n\n::::assistant:Nanashi:") == []  # ends at the speaker's colon
+    assert format_problems("<|begin_of_text|>::::user: Hi.\n\n::::assistant:Nanashi: ", "<|begin_of_text|>") == []
+    rendered = render_prompt(
+        [Message("user", "Hi.", "Anon"), Message("user", "(OOC: shorter)", None, ooc=True)],
+        Setting(title="A day", characters=(Character("Nanashi", "A friend."),)),
+        "Nanashi",
     )
-    assert assembled == ours.text + " "  # SillyTavern ends at the label's space; --trim-label-space handles it
-    assert instruct["stop_sequence"] == "::::" and instruct["names_behavior"] == "none"
-    assert context["names_as_stop_strings"] is False
+    assert format_problems(rendered.text) == []
+
+
+@pytest.mark.parametrize(
+    ("prompt", "problems"),
+    [
+        ("Hello ::::user: Hi.", ["the prompt must start with the opening `::::user:` turn"]),
+        ("::::assistant:X: Hi.", ["the opening turn must be a nameless `::::user:` turn"]),
+        ("::::user: Hi.\n::::assistant:X: Yo.", ["label 1 ('::::assistant:X:'): not preceded by exactly one blank line"]),  # noqa: E501
+        ("::::user: Hi.\n\n\n::::user:A: Yo.", ["label 1 ('::::user:A:'): not preceded by exactly one blank line"]),
+        ("::::user: Hi.\n\n::::user:A:Yo.", ["label 1 ('::::user:A:'): not followed by exactly one space and the turn's text"]),  # noqa: E501
+        ("::::user:  Hi.", ["label 0 ('::::user:'): not followed by exactly one space and the turn's text"]),
+        ("::::user: Hi. :::: x", ["`::::` appears outside a complete label"]),
+        ("::::user: Hi.\n\n::::user:A : Yo.", ["label 1 ('::::user:A :'): the name has surrounding spaces"]),
+    ],
+)
+def test_format_problems_name_each_departure(prompt, problems):
+    assert format_problems(prompt) == problems

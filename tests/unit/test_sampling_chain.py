@@ -23,8 +23,8 @@ def kept(masked: torch.Tensor) -> list[list[bool]]:
     return (masked != -INF).tolist()
 
 
-def sampler(rows: int = 2, eos: tuple[int, ...] = ()) -> Sampler:
-    return Sampler(rows=rows, capacity=64, vocab=VOCAB, tokenize=toy_tokenize, eos_ids=eos)
+def sampler(slots: int = 2, eos: tuple[int, ...] = ()) -> Sampler:
+    return Sampler(slots=slots, capacity=64, vocab=VOCAB, tokenize=toy_tokenize, eos_ids=eos)
 
 
 def probs_of(logits: list[float], history: list[int], **params) -> list[float]:
@@ -87,14 +87,14 @@ def test_greedy_rows_take_the_arg_max_after_bias():
 
 
 def test_banned_tokens_and_eos_until_min_tokens():
-    s = sampler(rows=1, eos=(3,))
+    s = sampler(slots=1, eos=(3,))
     row = s.add([0], SamplingParams(temperature=0, banned_token_ids=frozenset({1}), min_tokens=2, **NO_DRY))
     logits = torch.tensor([[0.0, 9.0, 1.0, 8.0, 0.0, 0.0, 0.0, 0.0]])
     assert [s.sample(logits, [row])[0] for _ in range(3)] == [2, 2, 3]
 
 
 def test_ignore_eos_bans_it_for_good():
-    s = sampler(rows=1, eos=(3,))
+    s = sampler(slots=1, eos=(3,))
     row = s.add([0], SamplingParams(temperature=0, ignore_eos=True, **NO_DRY))
     logits = torch.tensor([[0.0, 0.0, 1.0, 8.0, 0.0, 0.0, 0.0, 0.0]])
     assert [s.sample(logits, [row])[0] for _ in range(3)] == [2, 2, 2]
@@ -120,7 +120,7 @@ def test_penalty_range_limits_the_window():
 def test_same_seed_same_draws_whatever_the_batch():
     logits = torch.randn(2, 8, generator=torch.Generator().manual_seed(3))
     params = SamplingParams(seed=42, **NO_DRY)
-    alone_sampler, batch_sampler = sampler(rows=1), sampler(rows=2)
+    alone_sampler, batch_sampler = sampler(slots=1), sampler(slots=2)
     alone = alone_sampler.add([0], params)
     other, batched = batch_sampler.add([0], SamplingParams(seed=7, **NO_DRY)), batch_sampler.add([0], params)
     alone_draws = [alone_sampler.sample(logits[1:], [alone])[0] for _ in range(20)]
@@ -141,14 +141,14 @@ def test_rows_with_different_orders_in_one_batch():
     assert processed[0, 2] == -INF and processed[1, 2] > -INF
 
 
-def test_rows_are_reused_after_removal():
-    s = sampler(rows=1)
+def test_slots_are_reused_after_removal():
+    s = sampler(slots=1)
     row = s.add([0], SamplingParams(**NO_DRY))
     with pytest.raises(RuntimeError):
         s.add([0], SamplingParams(**NO_DRY))
     s.remove(row)
     assert s.add([1, 2], SamplingParams(**NO_DRY)) == row
-    assert s.active_rows == 1
+    assert s.active_slots == 1
 
 
 @pytest.mark.parametrize(
@@ -186,7 +186,7 @@ def test_card_defaults():
 
 
 def test_rows_with_nan_or_no_possible_token_get_none_and_leave_the_others_alone():
-    s = sampler(rows=3)
+    s = sampler(slots=3)
     params = SamplingParams(temperature=0, **NO_DRY)
     healthy, broken, all_banned = s.add([0], params), s.add([0], params), s.add([0], params)
     logits = torch.tensor([[0.0, 5.0] + [0.0] * 6, [float("nan")] + [0.0] * 7, [0.0] * 8])
@@ -200,6 +200,6 @@ def test_rows_with_nan_or_no_possible_token_get_none_and_leave_the_others_alone(
 
 
 def test_a_temperature_too_small_to_divide_by_is_greedy():
-    s = sampler(rows=1)
+    s = sampler(slots=1)
     row = s.add([0], SamplingParams(temperature=5e-324, **NO_DRY))
     assert s.sample(torch.tensor([[0.0, 5.0, 4.9] + [0.0] * 5]), [row]) == [1]

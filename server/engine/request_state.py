@@ -1,21 +1,21 @@
-"""The engine thread's state for one running request."""
+"""The engine thread's state for one sample it is serving, from submission to its last output."""
 
 from dataclasses import dataclass, field
 
 from server.engine.banned import BannedStringGuard
 from server.engine.detokenizer import IncrementalDetokenizer
 from server.engine.handle import GenerationHandle
-from server.engine.request import FinishReason, GenerationOutput, GenerationRequest, TokenLogprob
+from server.engine.request import FinishReason, GenerationError, GenerationOutput, GenerationRequest, TokenLogprob
 from server.engine.stops import StopMatcher
 
 
 @dataclass(eq=False)  # identity, not field equality: each running request is one object
-class Sequence:
+class RequestState:
     request: GenerationRequest
     handle: GenerationHandle
     detokenizer: IncrementalDetokenizer
     group: str | None = None  # samples of one prompt (n > 1) share its prefill
-    row: int = -1  # the sampler row, once admitted
+    sampler_slot: int = -1  # its slot in the sampler, once admitted
     prefilled: bool = False  # its prompt is in the batch cache: it advances with every decode step
     submitted_at: float = 0.0  # time.monotonic() when it was queued
     deadline: float | None = None  # `--request-timeout`: when it ends, whatever it has done
@@ -33,7 +33,7 @@ class Sequence:
 
     @property
     def id(self) -> str:
-        return self.request.request_id
+        return self.request.sample_id
 
     @property
     def last_token(self) -> int:
@@ -44,9 +44,8 @@ class Sequence:
         self,
         text: str,
         finish_reason: FinishReason | None = None,
-        error: str | None = None,
+        error: GenerationError | None = None,
         stop_string: str | None = None,
-        error_status: int = 500,
     ) -> GenerationOutput:
         logprobs, self.pending_logprobs = tuple(self.pending_logprobs), []
         return GenerationOutput(
@@ -55,7 +54,6 @@ class Sequence:
             completion_tokens=len(self.output_ids),
             finish_reason=finish_reason,
             error=error,
-            error_status=error_status,
             logprobs=logprobs,
             stop_string=stop_string,
         )

@@ -8,6 +8,9 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from sampling import Sampler, SamplingParams
+from sampling.breakers import Tokenize
+
 FLOAT32_MAX = 3.4028234663852886e38
 
 
@@ -88,3 +91,32 @@ def reference_dry(
         allowed_length=allowed_length,
         penalty_last_n=penalty_last_n,
     )
+
+
+def dry_penalties(
+    history: Sequence[int],
+    *,
+    vocab: Sequence[str],
+    tokenize: Tokenize,
+    multiplier: float,
+    base: float,
+    allowed_length: int,
+    sequence_breakers: Sequence[str],
+    penalty_last_n: int,
+) -> dict[int, float]:
+    """The amount subtracted from each token id's logit after `history`, through the production path (the
+    sampler's own state and batched penalty, for a batch of one)."""
+    params = SamplingParams(
+        dry_multiplier=multiplier,
+        dry_base=base,
+        dry_allowed_length=allowed_length,
+        dry_sequence_breakers=tuple(sequence_breakers),
+        dry_penalty_last_n=penalty_last_n,
+    )
+    sampler = Sampler(slots=1, capacity=max(len(history), 1), vocab=vocab, tokenize=tokenize)
+    slot = sampler.add(history, params)
+    penalty = sampler.dry_penalties([slot])
+    if penalty is None:
+        return {}
+    (ids,) = penalty[0].nonzero(as_tuple=True)
+    return {int(i): float(penalty[0, i]) for i in ids}

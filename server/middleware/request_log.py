@@ -68,6 +68,8 @@ class RequestLog:
             usage = state.get("usage")
             if usage is not None:
                 record["prompt_tokens"], record["completion_tokens"] = usage
+            if state.get("overridden_fields"):  # by the server's sampling preset (X-Overridden-Fields)
+                record["overridden_fields"] = state["overridden_fields"]
             log.info("%s", json.dumps(record))
             route = scope.get("route")
             self.requests.labels(route=getattr(route, "path", "unmatched"), status=str(status)).inc()

@@ -6,45 +6,39 @@ import json
 from collections.abc import AsyncIterator
 
 from fastapi import Request
-from fastapi.responses import Response
 from sse_starlette import EventSourceResponse
 
-from server.engine.handle import GenerationHandle
 from server.engine.request import GenerationOutput
-from server.errors import error_body
+from server.errors import ClientDisconnected, error_body
 
 DISCONNECT_POLL_SECONDS = 0.25
-# Not an HTTP standard code but the one proxies log for "client closed request"; nobody receives it.
-CLIENT_CLOSED_REQUEST = 499
 
 
-class ClientDisconnected(Exception):
-    pass
+async def collect(streams: list[AsyncIterator[GenerationOutput]], request: Request) -> list[list[GenerationOutput]]:
+    """Every output of each sample of a non-streamed request. Raises ClientDisconnected when the client closes
+    the connection first; the caller cancels the samples."""
 
-
-async def collect(handles: list[GenerationHandle], request: Request) -> list[list[GenerationOutput]]:
-    """Every output of each sample of a non-streamed request. Raises ClientDisconnected (after cancelling the
-    samples) when the client closes the connection first."""
-
-    async def gather(handle: GenerationHandle) -> list[GenerationOutput]:
-        return [output async for output in handle]
+    async def gather(stream: AsyncIterator[GenerationOutput]) -> list[GenerationOutput]:
+        return [output async for output in stream]
 
     async def watch() -> None:
         while not await request.is_disconnected():
             await asyncio.sleep(DISCONNECT_POLL_SECONDS)
 
-    gathering = asyncio.gather(*(gather(handle) for handle in handles))
+    gathering = [asyncio.ensure_future(gather(stream)) for stream in streams]
     watching = asyncio.ensure_future(watch())
     try:
-        await asyncio.wait({gathering, watching}, return_when=asyncio.FIRST_COMPLETED)
-        if not gathering.done():
+        await asyncio.wait({*gathering, watching}, return_when=asyncio.FIRST_COMPLETED)
+        while not watching.done() and not all(task.done() for task in gathering):
+            await asyncio.wait({*gathering, watching}, return_when=asyncio.FIRST_COMPLETED)
+        if not all(task.done() for task in gathering):
             raise ClientDisconnected
-        return gathering.result()
+        return [task.result() for task in gathering]
     finally:
-        gathering.cancel()
-        watching.cancel()
-        for handle in handles:
-            handle.cancel()
+        for task in [*gathering, watching]:
+            task.cancel()
+        # Retrieved, so that a cancelled task never reports "exception was never retrieved".
+        await asyncio.gather(*gathering, watching, return_exceptions=True)
 
 
 async def merged(streams: list[AsyncIterator[GenerationOutput]]) -> AsyncIterator[tuple[int, GenerationOutput]]:
@@ -70,10 +64,6 @@ async def merged(streams: list[AsyncIterator[GenerationOutput]]) -> AsyncIterato
     finally:
         for task in pumps:
             task.cancel()
-
-
-def disconnected_response() -> Response:
-    return Response(status_code=CLIENT_CLOSED_REQUEST)
 
 
 def sse_response(

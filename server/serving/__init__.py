@@ -1,0 +1,1 @@
+"""What every generating route shares: engine requests from protocol models, delivery, usage, errors."""

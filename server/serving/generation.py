@@ -1,0 +1,134 @@
+"""One HTTP request's samples in the engine, from submission to the answer: the skeleton every generating route
+shares. A route builds its prompt and options, starts a `Generation`, then either collects the samples' outputs
+or streams events it makes from them; this module cancels what the client leaves, maps engine failures to HTTP
+and records the usage for the request log."""
+
+from collections.abc import AsyncIterator, Callable, Sequence
+
+from fastapi import Request
+from sse_starlette import EventSourceResponse
+
+from prompting import drop_reply_space
+from server.engine.request import GenerationOutput, GenerationRequest
+from server.errors import APIError
+from server.protocol.completions import Usage
+from server.serving.delivery import collect, error_event, merged, sse_response
+from server.state import ready_engine, server_state
+
+
+class GenerationFailed(Exception):
+    """A sample failed in the engine; `status` is what it answers with."""
+
+    def __init__(self, output: GenerationOutput) -> None:
+        assert output.error is not None
+        super().__init__(output.error.message)
+        self.message = output.error.message
+        self.status = 503 if output.error.retryable else 500
+
+    def api_error(self) -> APIError:
+        return APIError(self.status, self.message, headers={"Retry-After": "1"} if self.status == 503 else None)
+
+
+class Generation:
+    def __init__(
+        self,
+        http: Request,
+        requests: list[GenerationRequest],
+        *,
+        trim_reply_space: bool = False,
+        genkey: str | None = None,
+    ) -> None:
+        """Submits the samples; `trim_reply_space`: the prompt ends at a label's colon, so the reply's first space
+        is the label's and is dropped. `genkey`: KoboldCpp's name for the generation (see client_generations)."""
+        self._http = http
+        self._trim = trim_reply_space
+        self._owners = server_state(http).client_generations
+        first = requests[0].sample_id
+        # One id for the whole answer: the samples' ids are it plus `-<index>`.
+        self.id = first.rsplit("-", 1)[0] if len(requests) > 1 else first
+        self.sample_ids = [request.sample_id for request in requests]
+        self._owners.add(self.sample_ids, http.client.host if http.client else "", genkey)
+        self.handles = ready_engine(http).submit(requests)
+        self.finals: list[GenerationOutput] = []
+
+    async def outputs(self) -> AsyncIterator[tuple[int, GenerationOutput]]:
+        """Every sample's outputs as they come, with the sample's index; raises GenerationFailed at the first
+        failure. Each sample's last output is also kept in `finals`."""
+        async for index, output in merged([self._trimmed(handle) for handle in self.handles]):
+            if output.error:
+                raise GenerationFailed(output)
+            if output.finish_reason:
+                self.finals.append(output)
+            yield index, output
+
+    def stream(
+        self,
+        events: Callable[["Generation"], AsyncIterator[dict]],
+        headers: dict[str, str] | None = None,
+        *,
+        done: bool = True,
+    ) -> EventSourceResponse:
+        """Streams the route's events as SSE (then `data: [DONE]` unless `done` is false). A failure becomes one
+        error event; a client that leaves cancels the samples."""
+
+        async def guarded() -> AsyncIterator[dict]:
+            try:
+                async for event in events(self):
+                    yield event
+                self._record_usage()
+            except GenerationFailed as failure:
+                yield error_event(failure.message)
+            finally:
+                self.cancel()
+
+        return sse_response(guarded(), headers=headers, done=done)
+
+    async def collected(self) -> list[list[GenerationOutput]]:
+        """Every sample's outputs of a non-streamed answer. Raises APIError when a sample failed, and
+        ClientDisconnected (answered 499) when the client left first."""
+        try:
+            samples = await collect([self._trimmed(handle) for handle in self.handles], self._http)
+        finally:
+            self.cancel()
+        for outputs in samples:
+            if outputs[-1].error:
+                raise GenerationFailed(outputs[-1]).api_error()
+        self.finals = [outputs[-1] for outputs in samples]
+        self._record_usage()
+        return samples
+
+    def usage(self) -> Usage:
+        return Usage.of_samples(self.finals)
+
+    def cancel(self) -> None:
+        """Ends what has not ended yet (the client left, or the answer is complete)."""
+        for handle in self.handles:
+            handle.cancel()
+        self._owners.discard(self.sample_ids)
+
+    def _trimmed(self, outputs: AsyncIterator[GenerationOutput]) -> AsyncIterator[GenerationOutput]:
+        return without_leading_space(outputs) if self._trim else outputs
+
+    def _record_usage(self) -> None:
+        """Token counts for the request's log line (see server/middleware/request_log.py)."""
+        if self.finals:
+            usage = self.usage()
+            self._http.state.usage = (usage.prompt_tokens, usage.completion_tokens)
+
+
+def without_leading_space(outputs: AsyncIterator[GenerationOutput]) -> AsyncIterator[GenerationOutput]:
+    """Drops the one space the reply's first word carries after a label that ends at its colon."""
+
+    async def trimmed() -> AsyncIterator[GenerationOutput]:
+        first = True
+        async for output in outputs:
+            if first and output.text:
+                first = False
+                output = output.with_text(drop_reply_space(output.text))
+            yield output
+
+    return trimmed()
+
+
+def joined_text(outputs: Sequence[GenerationOutput]) -> str:
+    return "".join(output.text for output in outputs)
