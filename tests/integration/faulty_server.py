@@ -5,7 +5,8 @@ A prompt containing `FAULT:<kind>` gets, from its third generated token on:
 - `nan`: NaN logits from the model for its row;
 - `sampler`: an exception from the sampler whenever its row is sampled;
 - `oom`: an out-of-memory error from every batched decode forward that includes it;
-and `FAULT:prefill-oom` makes its prefill run out of memory.
+and `FAULT:prefill-oom` makes its prefill run out of memory, `FAULT:unexpected` makes submitting it raise (a bug
+no handler expects).
 """
 
 import re
@@ -31,6 +32,8 @@ def _submit(engine: Engine, requests: list) -> list:
         found = FAULT.search(engine.vocabulary.decode(request.prompt_ids))
         if found:
             faulty[request.sample_id] = found.group(1)
+        if found and found.group(1) == "unexpected":
+            raise RuntimeError("injected: an unexpected error")
     return original_submit(engine, requests)
 
 

@@ -4,7 +4,7 @@ import pytest
 
 from prompting import drop_reply_space
 from tests import tokenizers
-from tests.integration.sse import stream
+from tests.integration.sse import data_events, stream
 from tests.integration.test_errors import assert_openai_error
 
 CHAT = {
@@ -99,3 +99,20 @@ def test_completions_prompt_ending_in_a_label_and_its_space(client):
     assert with_space["choices"][0]["text"] == drop_reply_space(at_colon["choices"][0]["text"])
     raw = client.post("/v1/completions", json={"prompt": prompt + " ", "trim_label_space": False, **greedy}).json()
     assert raw["usage"]["prompt_tokens"] == at_colon["usage"]["prompt_tokens"] + 1
+
+
+def test_llamacpp_completion_trims_the_label_space_the_same_way(client):
+    """SillyTavern's llama.cpp type generates through `/completion`: the same prompt, the same tokens, streamed
+    or not."""
+    prompt = "\n\n::::user:Anon: Hello there.\n\n::::assistant:Nanashi: "
+    greedy = {"temperature": 0, "stop": ["\n\n::::"]}
+    openai = client.post("/v1/completions", json={"prompt": prompt, "max_tokens": 12, **greedy}).json()
+    native = client.post("/completion", json={"prompt": prompt, "n_predict": 12, **greedy}).json()
+    assert native["tokens_evaluated"] == openai["usage"]["prompt_tokens"]
+    assert native["content"] == openai["choices"][0]["text"]
+    assert not native["content"].startswith(" ")
+    with client.stream("POST", "/completion", json={"prompt": prompt, "n_predict": 12, "stream": True, **greedy}) as r:
+        streamed = "".join(event["content"] for event in data_events(r.iter_lines()) if isinstance(event, dict))
+    assert streamed == native["content"]
+    raw = client.post("/completion", json={"prompt": prompt, "n_predict": 1, "trim_label_space": False, **greedy})
+    assert raw.json()["tokens_evaluated"] == native["tokens_evaluated"] + 1

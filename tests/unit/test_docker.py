@@ -80,10 +80,10 @@ def test_the_entry_command_is_the_one_the_readme_and_manage_start():
 
 
 def test_every_package_is_copied_into_the_image():
-    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["hatch"]["build"]["targets"]["wheel"]
     copied = (DOCKER / "Dockerfile").read_text()
-    for pattern in packages["include"]:
-        assert f"COPY {pattern.rstrip('*')} " in copied
+    for package in packages["packages"]:
+        assert f"COPY {package} " in copied
 
 
 def test_compose_reserves_a_gpu_publishes_the_port_and_keeps_the_volume():
