@@ -1,4 +1,4 @@
-"""Whether a whole prompt text is in the card's format (MODEL_FORMAT.md): it opens with one nameless
+"""Whether a whole prompt text is in the card's format (README, "The prompt"): it opens with one nameless
 `::::user:` turn, every later label follows exactly one blank line, exactly one space follows every complete label
 (the last label may end the prompt, at its colon or its space, for the model to write that turn), names are
 trimmed, and `::::` appears nowhere but in labels. Used to check prompts that other programs build (SillyTavern's

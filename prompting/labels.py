@@ -1,4 +1,4 @@
-"""Turn labels of the `::::` format (see MODEL_FORMAT.md)."""
+"""Turn labels of the `::::` format (the model card's, restated in the README under "The prompt")."""
 
 import re
 from typing import Literal

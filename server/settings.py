@@ -73,8 +73,8 @@ class Settings(BaseSettings):
     )
     trim_label_space: bool = Field(
         True,
-        description="Completions whose prompt ends with a `::::` label and its space: send the prompt without the "
-        "space and drop the reply's leading space (see the README).",
+        description="Raw-prompt completions (/v1/completions, /completion) whose prompt ends with a `::::` label "
+        "and its space: send the prompt without the space and drop the reply's leading space (see the README).",
     )
     max_running: int = Field(8, ge=1, description="Requests generating at once; the rest wait in the queue.")
     prefix_cache_mb: int = Field(

