@@ -1,7 +1,9 @@
 """Per-step cost of the whole sampling chain (card settings: DRY, min-p, temperature), batched, against the
 plain-Python DRY of the same definition, on the Llama-3 vocabulary (128,256 tokens). "DRY ms" is the chain
 minus the same chain without DRY (noisy at small sizes); "ref/chain" divides the reference's DRY alone by our
-whole chain.
+whole chain; "all ms" is the card's chain with every other sampler on too (XTC acting every step, top-n-sigma,
+typical, tail-free, top-a, epsilon, eta, smoothing, dynamic temperature, mirostat v2), "all/chain" its ratio.
+All on Zipf-shaped logits (see `zipf_logits`).
 
     .venv/bin/python -m bench.sampling [--batches 1 8 32] [--histories 1024 8192 32768] [--out FILE]
 
@@ -45,10 +47,18 @@ def roleplay_corpus(tokenizer, tokens: int) -> list[int]:
     return ids[:tokens]
 
 
+def zipf_logits(batch: int, vocab: int) -> torch.Tensor:
+    """Next-token logits shaped like a language model's: probabilities falling as rank^-1.1 (a Zipf law, flatter
+    than most real next-token distributions), on tokens in random order."""
+    generator = torch.Generator().manual_seed(0)
+    shape = -1.1 * torch.log(torch.arange(1, vocab + 1, dtype=torch.float32))
+    return torch.stack([shape[torch.randperm(vocab, generator=generator)] for _ in range(batch)])
+
+
 def time_chain(vocab, tokenize, corpus, batch: int, history: int, steps: int, params: SamplingParams) -> float:
     sampler = Sampler(slots=batch, capacity=history + steps + 4, vocab=vocab, tokenize=tokenize)
     rows = [sampler.add(corpus[offset : offset + history], params) for offset in range(batch)]
-    logits = torch.randn(batch, len(vocab), generator=torch.Generator().manual_seed(0))
+    logits = zipf_logits(batch, len(vocab))
     for _ in range(2):
         sampler.sample(logits, rows)
     timings = []
@@ -94,17 +104,22 @@ def main() -> None:
 
     params = SamplingParams(seed=1)
     without_dry = SamplingParams(seed=1, dry_multiplier=0)
+    everything = SamplingParams(
+        seed=1, xtc_threshold=0.1, xtc_probability=1.0, top_n_sigma=3.0, typical_p=0.95, tfs=0.95, top_a=0.01,
+        epsilon_cutoff=1, eta_cutoff=1, smoothing_factor=0.2, dynatemp_low=0.5, dynatemp_high=1.5, mirostat_mode=2,
+    )  # fmt: skip
     corpus = roleplay_corpus(tokenizer, max(args.histories) + max(args.batches) + args.reference_steps + 8)
     breakers = reference_breakers(params.dry_sequence_breakers, vocab, tokenize)
 
     results = []
-    header = ("batch", "history", "chain ms", "no-DRY ms", "DRY ms", "ref. DRY ms", "ref/chain")
-    print("{:>5} {:>8} {:>9} {:>10} {:>7} {:>13} {:>9}".format(*header))
+    header = ("batch", "history", "chain ms", "no-DRY ms", "DRY ms", "ref. DRY ms", "ref/chain", "all ms", "all/chain")
+    print("{:>5} {:>8} {:>9} {:>10} {:>7} {:>13} {:>9} {:>8} {:>9}".format(*header))
     for history in args.histories:
         for batch in args.batches:
             chain = time_chain(vocab, tokenize, corpus, batch, history, args.steps, params)
             plain = time_chain(vocab, tokenize, corpus, batch, history, args.steps, without_dry)
             reference = time_reference(breakers, corpus, batch, history, args.reference_steps, params)
+            every = time_chain(vocab, tokenize, corpus, batch, history, args.steps, everything)
             row = {
                 "batch": batch,
                 "history": history,
@@ -114,11 +129,13 @@ def main() -> None:
                 "reference_dry_ms": round(reference, 3),
                 # Conservative: the reference is DRY alone, against our whole chain.
                 "reference_over_whole_chain": round(reference / chain, 1),
+                "all_samplers_ms": round(every, 3),
+                "all_samplers_over_chain": round(every / chain, 2),
             }
             results.append(row)
             print(
                 f"{batch:>5} {history:>8} {chain:>9.3f} {plain:>10.3f} {chain - plain:>7.3f} {reference:>13.1f} "
-                f"{row['reference_over_whole_chain']:>8.1f}x"
+                f"{row['reference_over_whole_chain']:>8.1f}x {every:>8.3f} {row['all_samplers_over_chain']:>8.2f}x"
             )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"machine": platform.platform(), "cpu_threads": torch.get_num_threads(), "torch": torch.__version__}

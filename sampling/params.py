@@ -44,6 +44,23 @@ class SamplingParams:
     ignore_eos: bool = False
     seed: int | None = None
     order: tuple[str, ...] = DEFAULT_ORDER
+    # The samplers of text-generation-webui (shared/SAMPLERS.md); each default is "off".
+    xtc_threshold: float = 0.1
+    xtc_probability: float = 0.0
+    top_n_sigma: float = 0.0
+    typical_p: float = 1.0
+    tfs: float = 1.0
+    top_a: float = 0.0
+    epsilon_cutoff: float = 0.0  # in units of 1e-4, as text-generation-webui takes it
+    eta_cutoff: float = 0.0  # in units of 1e-4
+    smoothing_factor: float = 0.0
+    smoothing_curve: float = 1.0
+    dynatemp_low: float = 1.0  # dynamic temperature is on iff dynatemp_high > dynatemp_low; it replaces temperature
+    dynatemp_high: float = 1.0
+    dynatemp_exponent: float = 1.0
+    mirostat_mode: int = 0  # 2: mirostat v2
+    mirostat_tau: float = 5.0
+    mirostat_eta: float = 0.1
 
     def __post_init__(self) -> None:
         _require(self.temperature >= 0 and math.isfinite(self.temperature), "temperature", "must be >= 0")
@@ -75,10 +92,45 @@ class SamplingParams:
             _require(token_id >= 0, "logit_bias", f"token id {token_id} is negative")
             _require(-100 <= bias <= 100, "logit_bias", f"bias {bias} for token {token_id} is outside [-100, 100]")
         _require(all(t >= 0 for t in self.banned_token_ids), "banned_token_ids", "token ids must be >= 0")
+        self._check_extra_samplers()
+
+    def _check_extra_samplers(self) -> None:
+        _require(0 <= self.xtc_threshold <= 1, "xtc_threshold", "must be in [0, 1]")
+        _require(0 <= self.xtc_probability <= 1, "xtc_probability", "must be in [0, 1]")
+        _require(0 <= self.top_n_sigma < math.inf, "top_n_sigma", "must be >= 0 (0 turns it off)")
+        _require(0 < self.typical_p <= 1, "typical_p", "must be in (0, 1] (1 turns it off)")
+        _require(0 <= self.tfs < math.inf, "tfs", "must be >= 0 (1 or more turns it off)")
+        _require(0 <= self.top_a < math.inf, "top_a", "must be >= 0 (0 turns it off; it applies up to 1)")
+        _require(0 <= self.epsilon_cutoff < math.inf, "epsilon_cutoff", "must be >= 0 (in units of 1e-4)")
+        _require(0 <= self.eta_cutoff < math.inf, "eta_cutoff", "must be >= 0 (in units of 1e-4)")
+        _require(0 <= self.smoothing_factor < math.inf, "smoothing_factor", "must be >= 0 (0 turns it off)")
+        # Outside [1, 3] the curve is not monotonic: far tokens rise again, or near ones overtake the top.
+        _require(1 <= self.smoothing_curve <= 3, "smoothing_curve", "must be in [1, 3]")
+        _require(0 <= self.dynatemp_low < math.inf, "dynatemp_low", "must be >= 0")
+        _require(0 <= self.dynatemp_high < math.inf, "dynatemp_high", "must be >= 0")
+        _require(0 <= self.dynatemp_exponent < math.inf, "dynatemp_exponent", "must be >= 0")
+        _require(
+            self.mirostat_mode != 1, "mirostat_mode", "1 (mirostat v1) is not offered: use 2 (mirostat v2) or 0 (off)"
+        )
+        _require(self.mirostat_mode in (0, 2), "mirostat_mode", "must be 0 (off) or 2 (mirostat v2)")
+        _require(0 <= self.mirostat_tau < math.inf, "mirostat_tau", "must be >= 0")
+        _require(0 <= self.mirostat_eta < math.inf, "mirostat_eta", "must be >= 0")
 
     @property
     def greedy(self) -> bool:
-        return self.temperature < GREEDY_BELOW_TEMPERATURE
+        return not self.uses_dynamic_temperature and self.temperature < GREEDY_BELOW_TEMPERATURE
+
+    @property
+    def uses_dynamic_temperature(self) -> bool:
+        return self.dynatemp_high > self.dynatemp_low
+
+    @property
+    def uses_mirostat(self) -> bool:
+        return self.mirostat_mode == 2
+
+    @property
+    def uses_xtc(self) -> bool:
+        return self.xtc_probability > 0
 
     @property
     def uses_dry(self) -> bool:

@@ -6,8 +6,10 @@ with the slot's own generator, and appends the tokens to the histories. The only
 the drawn ids back.
 
 Chain: logit bias and bans (including EOS while `min_tokens` is not reached, or always with `ignore_eos`), then
-the slot's order of penalties, DRY, top-k, top-p, min-p and temperature; temperature 0 (or below 1e-5, where
-dividing would overflow) takes the arg-max of the processed logits.
+the slot's order of penalties, DRY, the truncation samplers, mirostat, XTC, temperature, dynamic temperature and
+smoothing (sampling/order.py); temperature 0 (or below 1e-5, where dividing would overflow) takes the arg-max of
+the processed logits. Randomness (the draw, XTC's coin) comes from each slot's own generator, so a seeded request
+is reproducible; mirostat's target `mu` is kept per slot, on the device, and goes back with a rewind.
 """
 
 import secrets
@@ -18,11 +20,14 @@ from dataclasses import dataclass, field
 import torch
 
 from sampling.breakers import BreakerAnalysis, Tokenize, shared_breaker_cache
+from sampling.candidates import TOKEN_ID_STEPS, compacted, expanded
 from sampling.dry import DryRow, breaker_flags, dry_penalty_matrix, rep_limit
-from sampling.filters import mask_min_p, mask_top_k, mask_top_p
 from sampling.history import TokenHistories
+from sampling.mirostat import mask_mirostat, updated_mu
 from sampling.params import SamplingParams
 from sampling.penalties import apply_penalties, token_counts
+from sampling.steps import STEPS, TRUNCATING_STEPS, on_rows
+from sampling.xtc import mask_xtc
 
 # Breaker occurrences remembered per slot: enough that one still lies inside the DRY window when the newest
 # ones straddle its start.
@@ -55,8 +60,14 @@ class Sampler:
         self._histories = TokenHistories(slots, capacity, self.device)
         self._breakers = shared_breaker_cache(vocab, tokenize)
         self._eos_ids = frozenset(eos_ids)
+        newline = tokenize("\n")
+        # XTC never removes these: the newline token (the last of "\n"'s tokens) and EOS.
+        self._xtc_protected = self._eos_ids | frozenset(newline[-1:])
         self._slots: dict[int, _Slot] = {}
         self._free = list(reversed(range(slots)))
+        # Mirostat's target per slot, and the value it had before each generated token (for rewinds).
+        self._mu = torch.zeros(slots, device=self.device)
+        self._mu_before = torch.zeros(slots, capacity + 1, device=self.device)
 
     @property
     def active_slots(self) -> int:
@@ -83,6 +94,7 @@ class Sampler:
         if breakers:
             state.occurrences.extend(reversed(_last_occurrences(history, breakers, _OCCURRENCES_KEPT)))
         self._slots[slot] = state
+        self._mu[slot] = 2 * params.mirostat_tau
         return slot
 
     def rewind(self, slot: int, history: Sequence[int], *, generated: int) -> None:
@@ -90,6 +102,7 @@ class Sampler:
         state = self._slots[slot]
         self._histories.start(slot, history, breaker_flags(history, state.breakers))
         state.generated = generated
+        self._mu[slot] = self._mu_before[slot, generated] if state.params.uses_mirostat else self._mu[slot]
         state.recent = deque(history, maxlen=state.recent.maxlen)
         state.occurrences.clear()
         if state.breakers:
@@ -115,6 +128,7 @@ class Sampler:
             index = torch.tensor(drawn, device=processed.device)
             generators = [self._slots[slots[i]].generator for i in drawn]
             chosen = chosen.index_copy(0, index, draw(torch.softmax(processed[index], dim=-1), generators))
+        self._update_mu(processed, slots, chosen)
         # One host synchronisation for the tokens and their validity together.
         tokens, flags = torch.stack([chosen, valid.to(chosen.dtype)]).tolist()
         good = [i for i, flag in enumerate(flags) if flag]
@@ -153,22 +167,97 @@ class Sampler:
 
     def _apply_order(self, logits: torch.Tensor, slots: Sequence[int], order: Sequence[str]) -> torch.Tensor:
         params = [self._slots[slot].params for slot in slots]
-        for step in order:
+        token_ids: torch.Tensor | None = None  # once compacted to the candidates: each column's token id
+        truncated = False  # a step has removed tokens since the last look at compacting
+        after_mirostat: tuple[torch.Tensor, torch.Tensor] | None = None
+        for position, step in enumerate(order):
+            rest = order[position:]
+            if truncated and token_ids is None and not TOKEN_ID_STEPS.intersection(rest) and _any_runs(rest, params):
+                truncated = False
+                if (found := compacted(logits)) is not None:
+                    logits, token_ids = found
+                    if after_mirostat is not None:
+                        index, kept = after_mirostat
+                        after_mirostat = (index, kept.gather(1, token_ids.index_select(0, index)))
             if step == "penalties":
                 logits = self._penalise(logits, slots)
             elif step == "dry":
                 penalty = self.dry_penalties(slots)
                 logits = logits if penalty is None else logits.sub_(penalty)
-            elif step == "top_k":
-                logits = mask_top_k(logits, [p.top_k for p in params])
-            elif step == "top_p":
-                logits = mask_top_p(logits, [p.top_p for p in params])
-            elif step == "min_p":
-                logits = mask_min_p(logits, [p.min_p for p in params])
-            elif step == "temperature" and any(not p.greedy and p.temperature != 1 for p in params):
-                temperatures = [1.0 if p.greedy else p.temperature for p in params]
-                logits = logits / torch.tensor(temperatures, device=logits.device).unsqueeze(1)
-        return logits
+            elif step == "mirostat":
+                logits, after_mirostat = self._mirostat(logits, slots, params)
+                truncated = truncated or after_mirostat is not None
+            elif step == "xtc":
+                logits = self._xtc(logits, slots, params, token_ids)
+                truncated = truncated or any(p.uses_xtc for p in params)
+            else:
+                logits = on_rows(logits, params, STEPS[step])
+                truncated = truncated or (step in TRUNCATING_STEPS and any(STEPS[step].uses(p) for p in params))
+        if after_mirostat is not None:  # the steps after mirostat cannot change its rows' draw
+            index, kept = after_mirostat
+            logits = logits.index_copy(0, index, kept)
+        return logits if token_ids is None else expanded(logits, token_ids, self.vocab_size)
+
+    def _mirostat(
+        self, logits: torch.Tensor, slots: Sequence[int], params: list[SamplingParams]
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """The mirostat rows cut at their surprise target; their logits from here on, to be kept."""
+        members = [i for i, p in enumerate(params) if p.uses_mirostat]
+        if not members:
+            return logits, None
+        index = torch.tensor(members, device=logits.device)
+        mu = self._mu[torch.tensor([slots[i] for i in members], device=self.device)].unsqueeze(1)
+        kept = mask_mirostat(logits.index_select(0, index), mu.to(logits.dtype))
+        return logits.index_copy(0, index, kept), (index, kept)
+
+    def _xtc(
+        self,
+        logits: torch.Tensor,
+        slots: Sequence[int],
+        params: list[SamplingParams],
+        token_ids: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """XTC on its rows, each acting on its own coin: one draw from the slot's generator per step (none when
+        the probability is 1). `token_ids`: each column's token, when the logits are compacted."""
+        members = [i for i, p in enumerate(params) if p.uses_xtc]
+        if not members:
+            return logits
+        coins = torch.cat(
+            [
+                torch.ones(1, device=self.device)
+                if params[i].xtc_probability >= 1
+                else torch.rand(1, generator=self._slots[slots[i]].generator, device=self.device)
+                for i in members
+            ]
+        )
+        probabilities = torch.tensor([params[i].xtc_probability for i in members], device=self.device)
+        acts = (coins < probabilities) | (probabilities >= 1)
+        index = torch.tensor(members, device=logits.device)
+        thresholds = [params[i].xtc_threshold for i in members]
+        protected_ids = torch.tensor(sorted(self._xtc_protected), device=logits.device, dtype=torch.long)
+        if token_ids is None:
+            protected = torch.zeros(1, logits.shape[-1], dtype=torch.bool, device=logits.device)
+            protected[0, protected_ids] = True
+        else:
+            protected = torch.isin(token_ids.index_select(0, index), protected_ids)
+        part = mask_xtc(logits.index_select(0, index), thresholds, acts.unsqueeze(1), protected)
+        return logits.index_copy(0, index, part)
+
+    def _update_mu(self, processed: torch.Tensor, slots: Sequence[int], chosen: torch.Tensor) -> None:
+        """After a draw: each mirostat slot remembers its mu for this position, then moves it by the surprise of
+        the drawn token in the distribution it was drawn from."""
+        members = [i for i, slot in enumerate(slots) if self._slots[slot].params.uses_mirostat]
+        if not members:
+            return
+        index = torch.tensor(members, device=processed.device)
+        targets = torch.tensor([slots[i] for i in members], device=self.device)
+        positions = torch.tensor([self._slots[slots[i]].generated for i in members], device=self.device)
+        drawn = torch.softmax(processed.index_select(0, index), dim=-1).gather(1, chosen[index].unsqueeze(1))
+        params = [self._slots[slots[i]].params for i in members]
+        tau = torch.tensor([p.mirostat_tau for p in params], device=self.device)
+        eta = torch.tensor([p.mirostat_eta for p in params], device=self.device)
+        self._mu_before[targets, positions] = self._mu[targets]
+        self._mu[targets] = updated_mu(self._mu[targets], drawn.squeeze(1).to(self._mu.dtype), tau, eta)
 
     def _penalise(self, logits: torch.Tensor, slots: Sequence[int]) -> torch.Tensor:
         members = [i for i, slot in enumerate(slots) if self._slots[slot].params.uses_penalties]
@@ -242,6 +331,20 @@ class Sampler:
                     end = self._histories.lengths[slot]  # the position the token is about to take
                     state.occurrences.append((end - (len(state.recent) - 1 - head), end))
         self._histories.append(slots, chosen, flags)
+
+
+def _any_runs(steps: Sequence[str], params: list[SamplingParams]) -> bool:
+    """Whether any of `steps` does something for any row (otherwise compacting first would be wasted work)."""
+    for step in steps:
+        if step == "mirostat":
+            uses = any(p.uses_mirostat for p in params)
+        elif step == "xtc":
+            uses = any(p.uses_xtc for p in params)
+        else:
+            uses = step in STEPS and any(STEPS[step].uses(p) for p in params)
+        if uses:
+            return True
+    return False
 
 
 def draw(probs: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:

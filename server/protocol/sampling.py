@@ -12,7 +12,7 @@ from typing import Annotated
 from pydantic import AliasChoices, BeforeValidator, ConfigDict, Field
 
 from sampling import SamplingParams, SamplingParamsError, UnknownSamplerError
-from sampling.order import order_from_kobold_ids, order_from_names, with_temperature_last
+from sampling.order import order_from_kobold_ids, order_from_names, with_temperature_first, with_temperature_last
 from server.protocol.body import RequestBody
 
 
@@ -87,6 +87,30 @@ class SamplerFields(RequestBody):
     samplers: list[str] | None = None
     sampler_order: list[int] | None = None
     temperature_last: bool | None = None
+    xtc_threshold: float | None = None
+    xtc_probability: float | None = None
+    top_n_sigma: float | None = Field(None, validation_alias=AliasChoices("top_n_sigma", "nsigma"))
+    typical_p: float | None = Field(None, validation_alias=AliasChoices("typical_p", "typical", "typ_p"))
+    tfs: float | None = Field(None, validation_alias=AliasChoices("tfs", "tfs_z"))
+    top_a: float | None = None
+    epsilon_cutoff: float | None = Field(None, description="In units of 1e-4, as text-generation-webui takes it.")
+    eta_cutoff: float | None = Field(None, description="In units of 1e-4, as text-generation-webui takes it.")
+    smoothing_factor: float | None = None
+    smoothing_curve: float | None = None
+    dynamic_temperature: bool | None = Field(
+        None, description="text-generation-webui's switch for dynatemp_low/high; the range replaces temperature."
+    )
+    dynatemp_low: float | None = Field(None, validation_alias=AliasChoices("dynatemp_low", "dynatemp_min", "min_temp"))
+    dynatemp_high: float | None = Field(
+        None, validation_alias=AliasChoices("dynatemp_high", "dynatemp_max", "max_temp")
+    )
+    dynatemp_exponent: float | None = Field(None, validation_alias=AliasChoices("dynatemp_exponent", "temp_exponent"))
+    dynatemp_range: float | None = Field(
+        None, description="llama.cpp and KoboldCpp: dynamic temperature from temperature - range to + range."
+    )
+    mirostat_mode: int | None = Field(None, validation_alias=AliasChoices("mirostat_mode", "mirostat"))
+    mirostat_tau: float | None = None
+    mirostat_eta: float | None = None
 
     def sampling_params(self, defaults: SamplingParams, always_breakers: list[str]) -> SamplingParams:
         """The request's values over `defaults`; raises SamplingParamsError naming the first bad field."""
@@ -109,12 +133,47 @@ class SamplerFields(RequestBody):
             "min_tokens": self.min_tokens,
             "ignore_eos": True if self.ignore_eos or self.ban_eos_token else None,
             "order": self._order(defaults.order),
+            "xtc_threshold": self.xtc_threshold,
+            "xtc_probability": self.xtc_probability,
+            "top_n_sigma": self.top_n_sigma,
+            "typical_p": self.typical_p,
+            "tfs": self.tfs,
+            "top_a": self.top_a,
+            "epsilon_cutoff": self.epsilon_cutoff,
+            "eta_cutoff": self.eta_cutoff,
+            "smoothing_factor": self.smoothing_factor,
+            "smoothing_curve": self.smoothing_curve,
+            "dynatemp_exponent": self.dynatemp_exponent,
+            "mirostat_mode": self.mirostat_mode,
+            "mirostat_tau": self.mirostat_tau,
+            "mirostat_eta": self.mirostat_eta,
+            **self._dynamic_range(defaults.temperature),
         }
         if self.dry_sequence_breakers is not None:
             given["dry_sequence_breakers"] = tuple(self.dry_sequence_breakers)
         params = dataclasses.replace(defaults, **{name: value for name, value in given.items() if value is not None})
         missing = [b for b in always_breakers if b not in params.dry_sequence_breakers]
         return dataclasses.replace(params, dry_sequence_breakers=(*params.dry_sequence_breakers, *missing))
+
+    def _dynamic_range(self, default_temperature: float) -> dict[str, float | None]:
+        """Dynamic temperature, as each client writes it: llama.cpp's and KoboldCpp's `temperature` +- `dynatemp_range`;
+        text-generation-webui's `dynamic_temperature` switch with `dynatemp_low/high` (SillyTavern also sends their
+        mean as `temperature`, which the range replaces); Aphrodite's and TabbyAPI's bounds without a switch. An
+        explicit `dynamic_temperature: false` turns it off."""
+        if self.dynamic_temperature is False:
+            return {}
+        if self.dynatemp_range:
+            centre = self.temperature if self.temperature is not None else default_temperature
+            return {
+                "dynatemp_low": max(0.0, centre - self.dynatemp_range),
+                "dynatemp_high": centre + self.dynatemp_range,
+            }
+        low, high = self.dynatemp_low, self.dynatemp_high
+        if self.dynamic_temperature and low is not None and low == high:
+            return {"temperature": low}  # a range of one value is that temperature
+        if low is not None and high is not None and high < low:
+            raise SamplingParamsError("dynatemp_high", f"dynatemp_high ({high}) must not be below dynatemp_low ({low})")
+        return {"dynatemp_low": low, "dynatemp_high": high}
 
     def _order(self, default: tuple[str, ...]) -> tuple[str, ...] | None:
         try:
@@ -127,18 +186,10 @@ class SamplerFields(RequestBody):
             elif self.temperature_last is None:
                 return None
             else:
-                order = default if self.temperature_last else _temperature_first(default)
+                order = default if self.temperature_last else with_temperature_first(default)
         except UnknownSamplerError as error:
             raise SamplingParamsError(error.param, str(error)) from error
         return with_temperature_last(order, bool(self.temperature_last))
-
-
-def _temperature_first(order: tuple[str, ...]) -> tuple[str, ...]:
-    """`temperature_last: false` without an explicit order: text-generation-webui's classic order, temperature
-    right after the penalties."""
-    rest = [step for step in order if step != "temperature"]
-    cut = max(rest.index("penalties"), rest.index("dry")) + 1
-    return (*rest[:cut], "temperature", *rest[cut:])
 
 
 def _token_bias(bias: dict[str, float]) -> dict[int, float]:

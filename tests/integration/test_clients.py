@@ -78,11 +78,32 @@ def test_skip_special_tokens(client):
 
 
 def test_ignored_fields_are_listed_in_a_header(client):
-    body = {"prompt": PROMPT, "max_tokens": 2, "typical_p": 1, "mirostat_mode": 0, "rep_pen": 1.0}
+    body = {"prompt": PROMPT, "max_tokens": 2, "num_beams": 1, "penalty_alpha": 0, "typical_p": 1, "rep_pen": 1.0}
     response = client.post("/v1/completions", json=body)
-    assert response.headers["x-ignored-fields"] == "mirostat_mode, typical_p"
+    assert response.headers["x-ignored-fields"] == "num_beams, penalty_alpha"
     with client.stream("POST", "/v1/completions", json={**body, "stream": True}) as streamed:
-        assert streamed.headers["x-ignored-fields"] == "mirostat_mode, typical_p"
+        assert streamed.headers["x-ignored-fields"] == "num_beams, penalty_alpha"
+
+
+def test_every_sampler_sillytavern_offers_is_applied_not_ignored(client):
+    """XTC, smoothing, dynamic temperature, top-n-sigma and mirostat as SillyTavern's "Text Generation WebUI" type
+    sends them: none is ignored, and a seeded request gives the same text twice."""
+    body = {
+        "prompt": PROMPT, "max_tokens": 12, "seed": 11, "xtc_threshold": 0.1, "xtc_probability": 0.5,
+        "smoothing_factor": 0.2, "smoothing_curve": 1.5, "dynamic_temperature": True, "dynatemp_low": 0.5,
+        "dynatemp_high": 1.5, "temperature": 1.0, "nsigma": 2.0, "top_n_sigma": 2.0, "typical_p": 0.95,
+        "typical": 0.95, "tfs": 0.98, "top_a": 0.05, "epsilon_cutoff": 1, "eta_cutoff": 1, "mirostat_mode": 0,
+        "mirostat": 0, "mirostat_tau": 5, "mirostat_eta": 0.1,
+    }  # fmt: skip
+    first, second = client.post("/v1/completions", json=body), client.post("/v1/completions", json=body)
+    assert first.status_code == 200, first.text
+    assert "x-ignored-fields" not in first.headers
+    assert first.json()["choices"][0]["text"] == second.json()["choices"][0]["text"]
+    mirostat = {"prompt": PROMPT, "max_tokens": 12, "seed": 11, "mirostat_mode": 2, "mirostat_tau": 3}
+    again = [client.post("/v1/completions", json=mirostat).json()["choices"][0]["text"] for _ in range(2)]
+    assert again[0] == again[1]
+    refused = client.post("/v1/completions", json={**mirostat, "mirostat_mode": 1})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "mirostat_mode"
 
 
 def test_ignored_fields_that_a_header_cannot_hold_are_percent_encoded(client):

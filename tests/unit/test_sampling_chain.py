@@ -5,6 +5,7 @@ import torch
 
 from sampling import DEFAULT_ORDER, Sampler, SamplingParams, SamplingParamsError, probabilities
 from sampling.filters import mask_min_p, mask_top_k, mask_top_p
+from sampling.order import with_temperature_first
 
 INF = float("inf")
 VOCAB = [f"w{i}" for i in range(8)]
@@ -67,8 +68,9 @@ def test_temperature_last_filters_on_the_untempered_distribution():
     hot_last = probs_of(logits, [0], temperature=5.0, min_p=0.5, dry_multiplier=0)
     assert hot_last[2] == 0.0
     # Temperature first flattens the distribution, so min-p then keeps the third token.
-    order = ("penalties", "dry", "temperature", "top_k", "top_p", "min_p")
-    hot_first = probs_of(logits, [0], temperature=5.0, min_p=0.5, dry_multiplier=0, order=order)
+    hot_first = probs_of(
+        logits, [0], temperature=5.0, min_p=0.5, dry_multiplier=0, order=with_temperature_first(DEFAULT_ORDER)
+    )
     assert hot_first[2] > 0.0
 
 
@@ -132,7 +134,7 @@ def test_same_seed_same_draws_whatever_the_batch():
 def test_rows_with_different_orders_in_one_batch():
     s = sampler()
     logits = torch.tensor([[math.log(0.5), math.log(0.3), math.log(0.2)] + [-30.0] * 5] * 2)
-    first = ("penalties", "dry", "temperature", "top_k", "top_p", "min_p")
+    first = with_temperature_first(DEFAULT_ORDER)
     rows = [
         s.add([0], SamplingParams(temperature=5.0, min_p=0.5, dry_multiplier=0)),
         s.add([0], SamplingParams(temperature=5.0, min_p=0.5, dry_multiplier=0, order=first)),
@@ -182,7 +184,13 @@ def test_card_defaults():
     assert (params.dry_multiplier, params.dry_base, params.dry_allowed_length) == (0.8, 1.75, 2)
     assert "::::" in params.dry_sequence_breakers
     assert (params.repetition_penalty, params.frequency_penalty, params.presence_penalty) == (1.0, 0.0, 0.0)
-    assert params.order == DEFAULT_ORDER == ("penalties", "dry", "top_k", "top_p", "min_p", "temperature")
+    assert params.order == DEFAULT_ORDER == (
+        "penalties", "dry", "top_n_sigma", "top_k", "top_p", "typical_p", "epsilon_cutoff", "eta_cutoff", "tfs",
+        "top_a", "min_p", "mirostat", "xtc", "temperature", "dynamic_temperature", "quadratic_sampling",
+    )  # fmt: skip
+    assert (params.xtc_probability, params.top_n_sigma, params.typical_p, params.tfs, params.top_a) == (0, 0, 1, 1, 0)
+    assert (params.epsilon_cutoff, params.eta_cutoff, params.smoothing_factor, params.mirostat_mode) == (0, 0, 0, 0)
+    assert not params.uses_dynamic_temperature
 
 
 def test_rows_with_nan_or_no_possible_token_get_none_and_leave_the_others_alone():

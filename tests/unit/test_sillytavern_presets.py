@@ -16,6 +16,7 @@ from server.sampling_preset import load_preset
 from tests.sillytavern import Card, Chat, Message, generation_body, instruct_prompt, preset
 
 CARD = SamplingParams()  # the server's defaults are the model card's
+CARD_STEPS = ["penalties", "dry", "top_k", "top_p", "min_p", "temperature"]
 ALWAYS = ["::::"]
 
 # What SillyTavern 1.18's Text Completion preset import reads (shared/CLIENTS.md).
@@ -45,10 +46,15 @@ FORWARDING_TYPES = ["ooba-nostream", "ooba-stream", "tabby-stream-n2", "koboldcp
 
 
 def request_params(path: str, body: dict, preset_file: str | None = None) -> SamplingParams:
+    """The request's parameters, its order reduced to where it matters: the card's steps (penalties, DRY, top-k,
+    top-p, min-p, temperature) must come in the card's order; where the neutral steps sit changes nothing."""
     model = LlamaCppCompletionRequest if path == "/completion" else CompletionRequest
     fields = model.model_validate(body)
     server_preset = load_preset(Path(preset_file) if preset_file else None, ALWAYS)
-    return dataclasses.replace(server_preset.params_for(fields, ALWAYS), seed=None)
+    params = server_preset.params_for(fields, ALWAYS)
+    card_steps = [step for step in params.order if step in CARD_STEPS]
+    order = CARD.order if card_steps == CARD_STEPS else params.order
+    return dataclasses.replace(params, seed=None, order=order)
 
 
 def test_the_sampler_preset_carries_every_field_sillytavern_reads():
