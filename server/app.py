@@ -19,6 +19,7 @@ from server.middleware.request_log import RequestLog
 from server.middleware.unexpected_errors import UnexpectedErrors
 from server.routes import chat, completions, health, kobold, llamacpp, models, tokens
 from server.routes import metrics as metrics_route
+from server.routes.web import install_web
 from server.sampling_preset import load_preset
 from server.settings import Settings
 from server.startup import model_spec, start_engine
@@ -70,4 +71,6 @@ def create_app(settings: Settings, on_load_failure: Callable[[str], None] | None
     app.add_middleware(RequestLog, requests=metrics.requests)
     for module in (health, metrics_route, models, tokens, completions, chat, llamacpp, kobold):
         app.include_router(module.router)
+    if settings.web:
+        install_web(app)
     return app

@@ -57,6 +57,7 @@ class Settings(BaseSettings):
         description="Web origins whose pages may call the API from a browser (`*`: any, then without "
         "credentials). Unset: none.",
     )
+    web: bool = Field(True, description="Serve the built-in roleplay page at /; --no-web turns it off.")
     stop_strings: list[str] = Field(
         [STOP_STRING], description="Stop strings always applied for this model family, merged with each request's."
     )

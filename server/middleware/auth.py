@@ -1,4 +1,4 @@
-"""The API key: when the server has one, every route but /health and /metrics requires it.
+"""The API key: when the server has one, every route but /health, /metrics and the built-in page requires it.
 
 Plain ASGI middleware, not Starlette's BaseHTTPMiddleware: that one hides the client's disconnect from the
 routes, which must see it to cancel generation.
@@ -12,7 +12,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.errors import error_body
 
-OPEN_PATHS = frozenset({"/health", "/metrics"})
+OPEN_PATHS = frozenset({"/health", "/metrics", "/"})
+# The built-in page's files (server/routes/web.py): they hold no data, and the page asks for the key itself.
+OPEN_PREFIX = "/web/"
 
 
 def presented_key(headers: Headers) -> str | None:
@@ -29,7 +31,7 @@ class ApiKey:
         self.api_key = api_key.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or scope["path"].startswith(OPEN_PREFIX):
             await self.app(scope, receive, send)
             return
         key = presented_key(Headers(scope=scope))
