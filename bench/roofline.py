@@ -1,0 +1,291 @@
+"""A roofline for the engine's decode step on Llama-3.1-8B, measurable without a GPU.
+
+For each scenario (streams and their chat lengths) it runs the engine's real decode step (the model runner over
+its batch cache, then the sampling chain with the card's settings) on a model with Llama-3.1-8B's structure
+(32 layers, 32 query and 8 key/value heads, the real vocabulary, the real RoPE) but narrow widths, on the CPU,
+and counts the operators dispatched (each a kernel launch on a GPU; views excluded). Launch counts do not depend
+on the widths. Bytes are computed for the real widths in bf16: the weights a step reads, the KV cache it attends
+(padding included) and the KV cache allocated, against the real tokens' KV. The predicted H100 step time is
+bytes / 3.0 TB/s plus 5 us per launch outside a captured graph; the ceiling is the real bytes (weights + real
+tokens' KV) over the bandwidth.
+
+Two engine paths side by side: "eager" (today's default: the left-padded dynamic batch cache, every operator
+launched) and "static" (`--static-cache`: every slot pre-allocated at the same width, the model's forward
+captured as one CUDA graph on CUDA; the width is what the server gives a slot of an 80 GB card's KV budget).
+
+    .venv/bin/python -m bench.roofline [--scenarios 1x2k 8-mixed ...] [--out FILE]
+
+Prints a table and writes JSON (default bench/results/roofline.json).
+"""
+
+import argparse
+import json
+import platform
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+
+from bench.sampling import llama3_tokenizer
+from sampling import Sampler, SamplingParams
+from server.engine.batch_cache import BatchCache
+from server.engine.detokenizer import token_bytes_table, token_texts
+from server.engine.growing_layer import HEADROOM_TOKENS
+from server.engine.memory import ACTIVATION_RESERVE_FRACTION, KvBudget, kv_bytes_per_token
+from server.engine.runner import ModelRunner
+from server.engine.static_batch_cache import StaticBatchCache
+
+LLAMA_3_1_8B = {
+    "vocab_size": 128256,
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "max_position_embeddings": 131072,
+    "rope_theta": 500000.0,
+    "rope_scaling": {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    },
+    "tie_word_embeddings": False,
+}
+SCENARIOS = {
+    "1x2k": [2048],
+    "1x12k": [12288],
+    "8x2k": [2048] * 8,
+    # Roleplay chats run from 500 to 12,000 tokens: about 37k real tokens in all.
+    "8-mixed": [500, 1000, 2000, 3000, 4500, 6000, 8000, 12000],
+    "32x2k": [2048] * 32,
+}
+H100_BYTES_PER_SECOND = 3.0e12
+LAUNCH_SECONDS = 5e-6
+BF16 = 2
+GPU_BYTES = 80 * 2**30  # an H100's memory, for the static cache's width
+SERVER_MEMORY_FRACTION = 0.9
+SERVER_PREFIX_CACHE_MB = 1024
+
+
+@dataclass(frozen=True)
+class Row:
+    scenario: str
+    path: str
+    streams: int
+    real_tokens: int
+    launches_outside_graph: int  # model step and sampling chain together
+    sampling_launches: int
+    weight_bytes: int
+    kv_read_bytes: int
+    kv_allocated_bytes: int
+    real_kv_bytes: int
+    predicted_ms: float
+    ceiling_ms: float
+
+    @property
+    def of_ceiling(self) -> float:
+        return self.ceiling_ms / self.predicted_ms
+
+
+def narrow(config: dict, layers: int | None = None) -> LlamaConfig:
+    """The same structure with tiny widths: head_dim 2, an 8-wide MLP; the real vocabulary and RoPE."""
+    heads = config["num_attention_heads"]
+    return LlamaConfig(
+        **{
+            **config,
+            "hidden_size": 2 * heads,
+            "intermediate_size": 8,
+            "num_hidden_layers": layers or config["num_hidden_layers"],
+            "head_dim": 2,
+        }
+    )
+
+
+def weight_bytes(config: dict) -> int:
+    """The weights one decode step reads in bf16: every matrix and norm but the embedding table (a step reads the
+    rows of its tokens only)."""
+    hidden, inner, vocab = config["hidden_size"], config["intermediate_size"], config["vocab_size"]
+    head_dim = hidden // config["num_attention_heads"]
+    kv = config["num_key_value_heads"] * head_dim
+    per_layer = 2 * hidden * hidden + 2 * hidden * kv + 3 * hidden * inner + 2 * hidden
+    return BF16 * (config["num_hidden_layers"] * per_layer + hidden + vocab * hidden)
+
+
+def kv_token_bytes(config: dict) -> int:
+    return kv_bytes_per_token(LlamaConfig(**config), torch.bfloat16)
+
+
+def static_width(config: dict, slots: int) -> int:
+    """The width the server gives each slot of `--static-cache` on an 80 GB card (server/engine/memory.py)."""
+    budget_bytes = int(GPU_BYTES * (SERVER_MEMORY_FRACTION - ACTIVATION_RESERVE_FRACTION)) - weight_bytes(config)
+    budget = KvBudget.of(budget_bytes, kv_token_bytes(config), SERVER_PREFIX_CACHE_MB)
+    return budget.static_width(slots, config["max_position_embeddings"])
+
+
+class LaunchCounter(TorchDispatchMode):
+    """Counts dispatched operators that are not views; `paused` stops counting (inside a captured graph)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.launches = 0
+        self.paused = False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not self.paused and not func.is_view:
+            self.launches += 1
+        return func(*args, **(kwargs or {}))
+
+
+@contextmanager
+def captured(runner: ModelRunner, counter: LaunchCounter) -> Iterator[None]:
+    """The model's forward as one launch (a CUDA graph replay): what the runner does around it still counts."""
+    forward = runner._decode_forward
+
+    def replay(*args: object, **kwargs: object) -> object:
+        counter.launches += 1
+        counter.paused = True
+        try:
+            return forward(*args, **kwargs)
+        finally:
+            counter.paused = False
+
+    runner._decode_forward = replay
+    try:
+        yield
+    finally:
+        runner._decode_forward = forward
+
+
+def random_cache(config: LlamaConfig, length: int, generator: torch.Generator) -> DynamicCache:
+    """A prefilled row's cache without running its prompt: random keys and values of the right shapes."""
+    cache = DynamicCache(config=config)
+    shape = (1, config.num_key_value_heads, length, config.head_dim)
+    for layer in range(config.num_hidden_layers):
+        cache.update(torch.randn(shape, generator=generator), torch.randn(shape, generator=generator), layer)
+    return cache
+
+
+def count_step(model: LlamaForCausalLM, lengths: list[int], static: int | None) -> int:
+    """Launches of one decode step of rows of `lengths` through the model runner (outside the graph, with
+    `static`: the slots' width)."""
+    config = model.config
+    slots = None if static is None else (len(lengths), static)
+    runner = ModelRunner(model, torch.device("cpu"), prefix_budget_tokens=0, static=slots, compile_decode=False)
+    generator = torch.Generator().manual_seed(0)
+    # The rows join the runner's batch cache as a finished prefill would, without running their prompts.
+    batch: BatchCache | StaticBatchCache = runner._batch
+    for index, length in enumerate(lengths):
+        batch.join(f"row{index}", random_cache(config, length, generator))
+    steps = [(f"row{index}", 1) for index in range(len(lengths))]
+    runner.decode(steps)  # once, so that first-step work (allocations, growth) is not counted
+    counter = LaunchCounter()
+    with torch.inference_mode(), counter:
+        if static is not None:
+            with captured(runner, counter):
+                runner.decode(steps)
+        else:
+            runner.decode(steps)
+    return counter.launches
+
+
+def count_sampling(sampler_factory: Callable[[int], Sampler], streams: int, history: int) -> int:
+    """Launches of the sampling chain for `streams` rows with the card's settings."""
+    sampler = sampler_factory(streams)
+    generator = torch.Generator().manual_seed(0)
+    slots = [
+        sampler.add(torch.randint(0, 128000, (history,), generator=generator).tolist(), SamplingParams(seed=i))
+        for i in range(streams)
+    ]
+    logits = torch.randn(streams, sampler.vocab_size, generator=generator)
+    sampler.sample(logits, slots)
+    counter = LaunchCounter()
+    with torch.inference_mode(), counter:
+        sampler.sample(logits, slots)
+    return counter.launches
+
+
+def predicted_row(
+    scenario: str, path: str, lengths: list[int], launches: int, sampling: int, config: dict, width: int | None
+) -> Row:
+    """Bytes and times for the real widths. Eager: each row is padded to the longest and the cache keeps its
+    headroom; static: every slot holds `width` columns and attention reads all of them."""
+    per_token = kv_token_bytes(config)
+    streams, longest, real = len(lengths), max(lengths), sum(lengths)
+    read_columns = streams * (width if width is not None else longest + 1)
+    allocated_columns = streams * (width if width is not None else longest + HEADROOM_TOKENS)
+    weights = weight_bytes(config)
+    total_launches = launches + sampling
+    kv_read = read_columns * per_token
+    predicted = (weights + kv_read) / H100_BYTES_PER_SECOND + total_launches * LAUNCH_SECONDS
+    ceiling = (weights + real * per_token) / H100_BYTES_PER_SECOND
+    return Row(
+        scenario=scenario,
+        path=path,
+        streams=streams,
+        real_tokens=real,
+        launches_outside_graph=total_launches,
+        sampling_launches=sampling,
+        weight_bytes=weights,
+        kv_read_bytes=kv_read,
+        kv_allocated_bytes=allocated_columns * per_token,
+        real_kv_bytes=real * per_token,
+        predicted_ms=predicted * 1000,
+        ceiling_ms=ceiling * 1000,
+    )
+
+
+def llama3_sampler_factory() -> Callable[[int], Sampler]:
+    tokenizer = llama3_tokenizer()
+    vocab = token_texts(token_bytes_table(tokenizer, len(tokenizer)), frozenset(tokenizer.all_special_ids))[:128256]
+
+    def tokenize(text: str) -> list[int]:
+        return tokenizer.encode(text, add_special_tokens=False)
+
+    return lambda slots: Sampler(slots=slots, capacity=16384, vocab=vocab, tokenize=tokenize)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=list(SCENARIOS))
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "roofline.json")
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(narrow(LLAMA_3_1_8B)).eval()
+    sampler_factory = llama3_sampler_factory()
+    rows = []
+    header = ("scenario", "path", "launches", "of which sampling", "KV read GB", "KV alloc GB", "real KV GB",
+              "predicted ms", "ceiling ms", "of ceiling")  # fmt: skip
+    print("{:>8} {:>7} {:>9} {:>18} {:>11} {:>12} {:>11} {:>13} {:>11} {:>10}".format(*header))
+    for scenario in args.scenarios:
+        lengths = SCENARIOS[scenario]
+        sampling = count_sampling(sampler_factory, len(lengths), max(lengths))
+        width = static_width(LLAMA_3_1_8B, len(lengths))
+        for path, static in (("eager", None), ("static", width)):
+            # The static path's launches do not depend on the width: count them on a narrow one.
+            launches = count_step(model, lengths if static is None else [64] * len(lengths), 80 if static else None)
+            row = predicted_row(scenario, path, lengths, launches, sampling, LLAMA_3_1_8B, static)
+            rows.append(row)
+            print(
+                f"{scenario:>8} {path:>7} {row.launches_outside_graph:>9} {sampling:>18} "
+                f"{row.kv_read_bytes / 1e9:>11.2f} {row.kv_allocated_bytes / 1e9:>12.2f} "
+                f"{row.real_kv_bytes / 1e9:>11.2f} {row.predicted_ms:>13.2f} {row.ceiling_ms:>11.2f} "
+                f"{row.of_ceiling:>9.0%}"
+            )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"machine": platform.platform(), "torch": torch.__version__, "h100_bytes_per_second": H100_BYTES_PER_SECOND,
+            "launch_seconds": LAUNCH_SECONDS}  # fmt: skip
+    args.out.write_text(
+        json.dumps({"meta": meta, "rows": [asdict(r) | {"of_ceiling": r.of_ceiling} for r in rows]}, indent=2)
+    )
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
