@@ -30,6 +30,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
+from bench.gpu import LLAMA_3_1_8B
 from bench.sampling import llama3_tokenizer
 from sampling import Sampler, SamplingParams
 from server.engine.batch_cache import BatchCache
@@ -39,24 +40,6 @@ from server.engine.memory import ACTIVATION_RESERVE_FRACTION, KvBudget, kv_bytes
 from server.engine.runner import ModelRunner
 from server.engine.static_batch_cache import StaticBatchCache
 
-LLAMA_3_1_8B = {
-    "vocab_size": 128256,
-    "hidden_size": 4096,
-    "intermediate_size": 14336,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 8,
-    "max_position_embeddings": 131072,
-    "rope_theta": 500000.0,
-    "rope_scaling": {
-        "rope_type": "llama3",
-        "factor": 8.0,
-        "low_freq_factor": 1.0,
-        "high_freq_factor": 4.0,
-        "original_max_position_embeddings": 8192,
-    },
-    "tie_word_embeddings": False,
-}
 SCENARIOS = {
     "1x2k": [2048],
     "1x12k": [12288],

@@ -63,6 +63,25 @@ class Chat:
     scenario_override: str = ""
 
 
+def lighthouse_group() -> Chat:
+    """A group chat: two characters answering in turn, the scenario set on the group."""
+    return Chat(
+        user="Anon",
+        persona="A traveller caught in the storm.",
+        cards=[Card("Greta", "A retired lighthouse keeper."), Card("Tomas", "Her nephew, a fisherman.")],
+        messages=[
+            Message("Anon", "Anon knocked at the lighthouse door.", is_user=True),
+            Message("Greta", '"Come in," Greta called.'),
+            Message("Tomas", "Tomas opened the door and stepped aside."),
+        ],
+        scenario_override="A stormy night at the lighthouse.",
+    )
+
+
+# "Join character cards" with this prefix puts each member's description under its own heading.
+GROUP_JOIN_PREFIX = "{{newline}}## {{char}}{{newline}}"
+
+
 def story_values(chat: Chat, speaker: str, join_prefix: str = "") -> dict:
     """The story string's parameters. One card: its fields. Several (a group in "Join character cards" mode):
     each field joined over the members, each part behind `join_prefix` (macros filled per member; SillyTavern

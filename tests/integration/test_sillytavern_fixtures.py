@@ -10,7 +10,7 @@ import pytest
 from prompting import format_problems
 from tests import tokenizers
 from tests.integration.sse import data_events
-from tests.sillytavern import Card, Chat, Message, generation_body, instruct_prompt, preset
+from tests.sillytavern import GROUP_JOIN_PREFIX, generation_body, instruct_prompt, lighthouse_group, preset
 
 FIXTURES = sorted((Path(__file__).resolve().parents[1] / "fixtures" / "sillytavern").glob("*.json"))
 ERROR_KEYS = {"error", "message", "detail"}
@@ -102,19 +102,8 @@ def test_a_group_chat_built_from_the_presets(server):
     """Two characters answering in turn, with SillyTavern's "Join character cards" mode and the shipped presets:
     the prompt is in the format, the token count SillyTavern shows is the server's (less the trimmed label space),
     and the card's samplers arrive unignored."""
-    chat = Chat(
-        user="Anon",
-        persona="A traveller caught in the storm.",
-        cards=[Card("Greta", "A retired lighthouse keeper."), Card("Tomas", "Her nephew, a fisherman.")],
-        messages=[
-            Message("Anon", "Anon knocked at the lighthouse door.", is_user=True),
-            Message("Greta", '"Come in," Greta called.'),
-            Message("Tomas", "Tomas opened the door and stepped aside."),
-        ],
-        scenario_override="A stormy night at the lighthouse.",
-    )
     context, instruct = preset("Herrsimian-group-context"), preset("Herrsimian-instruct")
-    prompt = instruct_prompt(context, instruct, chat, "Greta", join_prefix="{{newline}}## {{char}}{{newline}}")
+    prompt = instruct_prompt(context, instruct, lighthouse_group(), "Greta", join_prefix=GROUP_JOIN_PREFIX)
     assert prompt.endswith("\n\n::::assistant:Greta: ") and format_problems(prompt) == []
     path, body = generation_body("ooba-nostream", preset("Herrsimian-sampling"), prompt)
     body |= {"max_tokens": 8, "max_new_tokens": 8, "temperature": 0}

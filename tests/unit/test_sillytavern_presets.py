@@ -13,7 +13,16 @@ from sampling import SamplingParams
 from server.protocol.completions import CompletionRequest
 from server.protocol.llamacpp import LlamaCppCompletionRequest
 from server.sampling_preset import load_preset
-from tests.sillytavern import Card, Chat, Message, generation_body, instruct_prompt, preset
+from tests.sillytavern import (
+    GROUP_JOIN_PREFIX,
+    Card,
+    Chat,
+    Message,
+    generation_body,
+    instruct_prompt,
+    lighthouse_group,
+    preset,
+)
 
 CARD = SamplingParams()  # the server's defaults are the model card's
 CARD_STEPS = ["penalties", "dry", "top_k", "top_p", "min_p", "temperature"]
@@ -156,28 +165,17 @@ def test_a_card_with_lorebook_entries_becomes_the_card_format():
 
 
 def test_a_group_chat_labels_whoever_speaks():
-    group = Chat(
-        user="Anon",
-        persona="A traveller.",
-        cards=[Card("Greta", "A retired lighthouse keeper."), Card("Tomas", "Her nephew, a fisherman.")],
-        messages=[
-            Message("Anon", "Anon knocked.", is_user=True),
-            Message("Greta", '"Come in," Greta called.'),
-            Message("Tomas", "Tomas opened the door."),
-        ],
-        scenario_override="A stormy night at the lighthouse.",
-    )
     context, instruct = preset("Herrsimian-group-context"), preset("Herrsimian-instruct")
-    prompt = instruct_prompt(context, instruct, group, "Greta", join_prefix="{{newline}}## {{char}}{{newline}}")
+    prompt = instruct_prompt(context, instruct, lighthouse_group(), "Greta", join_prefix=GROUP_JOIN_PREFIX)
     assert format_problems(prompt) == []
     assert prompt.startswith(
         "::::user: Let's engage together in a roleplay.\n\n# Characters\n\n"
         "## Greta\nA retired lighthouse keeper.\n\n## Tomas\nHer nephew, a fisherman.\n\n"
-        "## Anon\nA traveller.\n\n# Scenario\nA stormy night at the lighthouse."
+        "## Anon\nA traveller caught in the storm.\n\n# Scenario\nA stormy night at the lighthouse."
     )
     assert prompt.endswith(
-        '\n\n::::assistant:Greta: "Come in," Greta called.\n\n::::assistant:Tomas: Tomas opened the door.'
-        "\n\n::::assistant:Greta: "
+        '\n\n::::assistant:Greta: "Come in," Greta called.\n\n::::assistant:Tomas: Tomas opened the door and '
+        "stepped aside.\n\n::::assistant:Greta: "
     )
 
 
