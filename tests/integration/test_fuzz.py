@@ -2,6 +2,9 @@
 comes in bounded time, is never a 5xx, and every error is in OpenAI's shape. The example count is bounded so that
 CI stays fast; `--request-timeout` bounds the generations that random `max_tokens` values ask for."""
 
+import json
+
+import httpx
 import pytest
 import requests
 import schemathesis
@@ -34,21 +37,30 @@ def fuzzed_server():
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.function_scoped_fixture],
 )
 def test_any_request_gets_a_bounded_answer_that_is_not_a_5xx(fuzzed_server, case):
-    assert_bounded_answer(case, fuzzed_server.url)
-    if isinstance(case.body, dict | list):
-        odd = ODD_TEXTS[len(repr(case.body)) % len(ODD_TEXTS)]
-        case.body = with_odd_text(case.body, odd)
-        assert_bounded_answer(case, fuzzed_server.url)
-
-
-def assert_bounded_answer(case: schemathesis.Case, url: str) -> None:
     try:
-        response = case.call(base_url=url, timeout=30)
+        response = case.call(base_url=fuzzed_server.url, timeout=30)
     except requests.Timeout:  # schemathesis calls through `requests`
         pytest.fail(f"no answer within 30 s to {case.method} {case.path}")
-    assert response.status_code < 500, (case.method, case.formatted_path, case.body, response.text[:300])
-    if response.status_code >= 400:
-        error = response.json()["error"]
+    assert_well_formed(response.status_code, response.text, case)
+    if isinstance(case.body, dict | list):
+        # Sent by hand: schemathesis re-validates a body it sends and cannot encode lone surrogates.
+        odd = ODD_TEXTS[len(repr(case.body)) % len(ODD_TEXTS)]
+        body = json.dumps(with_odd_text(case.body, odd))  # ASCII, surrogates as \u escapes
+        url = f"{fuzzed_server.url}{case.formatted_path}"
+        try:
+            odd_response = httpx.request(
+                case.method, url, content=body, params=case.query or None, timeout=30,
+                headers={"Content-Type": "application/json"},
+            )  # fmt: skip
+        except httpx.TimeoutException:
+            pytest.fail(f"no answer within 30 s to {case.method} {case.path} with odd text")
+        assert_well_formed(odd_response.status_code, odd_response.text, case)
+
+
+def assert_well_formed(status: int, text: str, case: schemathesis.Case) -> None:
+    assert status < 500, (case.method, case.formatted_path, case.body, text[:300])
+    if status >= 400:
+        error = json.loads(text)["error"]
         assert set(error) == {"message", "type", "param", "code"} and error["message"]
 
 
