@@ -9,9 +9,10 @@ on the widths. Bytes are computed for the real widths in bf16: the weights a ste
 bytes / 3.0 TB/s plus 5 us per launch outside a captured graph; the ceiling is the real bytes (weights + real
 tokens' KV) over the bandwidth.
 
-Two engine paths side by side: "eager" (today's default: the left-padded dynamic batch cache, every operator
-launched) and "static" (`--static-cache`: every slot pre-allocated at the same width, the model's forward
-captured as one CUDA graph on CUDA; the width is what the server gives a slot of an 80 GB card's KV budget).
+Two engine paths side by side: "buckets" (the default: the width-bucketed batch cache, every operator launched)
+and "static" (`--static-cache`: every slot pre-allocated at the same width, the model's forward captured as one
+CUDA graph on CUDA; the width is what the server gives a slot of an 80 GB card's KV budget). bench/RESULTS.md
+also keeps the numbers of the left-padded cache the buckets replaced.
 
     .venv/bin/python -m bench.roofline [--scenarios 1x2k 8-mixed ...] [--out FILE]
 
@@ -33,9 +34,8 @@ from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 from bench.gpu import LLAMA_3_1_8B
 from bench.sampling import llama3_tokenizer
 from sampling import Sampler, SamplingParams
-from server.engine.batch_cache import BatchCache
+from server.engine.bucket_cache import BucketCache, bucket_widths, width_for
 from server.engine.detokenizer import token_bytes_table, token_texts
-from server.engine.growing_layer import HEADROOM_TOKENS
 from server.engine.memory import ACTIVATION_RESERVE_FRACTION, KvBudget, kv_bytes_per_token
 from server.engine.runner import ModelRunner
 from server.engine.static_batch_cache import StaticBatchCache
@@ -162,7 +162,7 @@ def count_step(model: LlamaForCausalLM, lengths: list[int], static: int | None) 
     runner = ModelRunner(model, torch.device("cpu"), prefix_budget_tokens=0, static=slots, compile_decode=False)
     generator = torch.Generator().manual_seed(0)
     # The rows join the runner's batch cache as a finished prefill would, without running their prompts.
-    batch: BatchCache | StaticBatchCache = runner._batch
+    batch: BucketCache | StaticBatchCache = runner._batch
     for index, length in enumerate(lengths):
         batch.join(f"row{index}", random_cache(config, length, generator))
     steps = [(f"row{index}", 1) for index in range(len(lengths))]
@@ -196,12 +196,12 @@ def count_sampling(sampler_factory: Callable[[int], Sampler], streams: int, hist
 def predicted_row(
     scenario: str, path: str, lengths: list[int], launches: int, sampling: int, config: dict, width: int | None
 ) -> Row:
-    """Bytes and times for the real widths. Eager: each row is padded to the longest and the cache keeps its
-    headroom; static: every slot holds `width` columns and attention reads all of them."""
+    """Bytes and times for the real widths. Buckets: each row holds its bucket's width, and a bucket's rows read up
+    to its longest row and the column the step writes; static: every slot holds `width` columns and attention reads
+    all of them."""
     per_token = kv_token_bytes(config)
-    streams, longest, real = len(lengths), max(lengths), sum(lengths)
-    read_columns = streams * (width if width is not None else longest + 1)
-    allocated_columns = streams * (width if width is not None else longest + HEADROOM_TOKENS)
+    streams, real = len(lengths), sum(lengths)
+    read_columns, allocated_columns = kv_columns(lengths, width, config["max_position_embeddings"])
     weights = weight_bytes(config)
     total_launches = launches + sampling
     kv_read = read_columns * per_token
@@ -221,6 +221,18 @@ def predicted_row(
         predicted_ms=predicted * 1000,
         ceiling_ms=ceiling * 1000,
     )
+
+
+def kv_columns(lengths: list[int], width: int | None, context: int) -> tuple[int, int]:
+    """KV positions a decode step reads and the cache holds: per bucket (`width` None), or static slots."""
+    if width is not None:
+        return len(lengths) * width, len(lengths) * width
+    widths = bucket_widths(context)
+    buckets: dict[int, list[int]] = {}
+    for length in lengths:
+        buckets.setdefault(width_for(length + 1, widths), []).append(length)
+    read = sum(len(members) * (max(members) + 1) for members in buckets.values())
+    return read, sum(width * len(members) for width, members in buckets.items())
 
 
 def llama3_sampler_factory() -> Callable[[int], Sampler]:
@@ -250,7 +262,7 @@ def main() -> None:
         lengths = SCENARIOS[scenario]
         sampling = count_sampling(sampler_factory, len(lengths), max(lengths))
         width = static_width(LLAMA_3_1_8B, len(lengths))
-        for path, static in (("eager", None), ("static", width)):
+        for path, static in (("buckets", None), ("static", width)):
             # The static path's launches do not depend on the width: count them on a narrow one.
             launches = count_step(model, lengths if static is None else [64] * len(lengths), 80 if static else None)
             row = predicted_row(scenario, path, lengths, launches, sampling, LLAMA_3_1_8B, static)

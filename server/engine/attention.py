@@ -1,15 +1,19 @@
-"""transformers' SDPA attention, with one CPU decode case routed to a faster kernel call.
+"""The engine's attention: transformers' SDPA, with the decode step over width buckets done bucket by bucket, and
+one CPU decode case routed to a faster kernel call.
 
-A decode step (one query token) of a single unpadded sequence reaches SDPA without a mask, and transformers then
-asks torch for grouped-query attention (`enable_gqa`). On CPU that kernel is several times slower in bf16 than
-the same attention with the query heads grouped under their key/value head (measured in bench/RESULTS.md).
-Batches with padding already get the grouped form, as does every other case.
+A decode step of the bucketed batch cache (server/engine/bucket_cache.py) attends each bucket's rows to that
+bucket's keys. Otherwise: a decode step (one query token) of a single unpadded sequence reaches SDPA without a
+mask, and transformers then asks torch for grouped-query attention (`enable_gqa`); on CPU that kernel is several
+times slower in bf16 than the same attention with the query heads grouped under their key/value head (measured
+in bench/RESULTS.md). Every other case is transformers' SDPA.
 """
 
 import torch
 from transformers import AttentionInterface, PreTrainedModel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+from server.engine.bucket_cache import BucketCache
 
 NAME = "rpserve_sdpa"
 
@@ -32,10 +36,37 @@ def sdpa_with_grouped_cpu_decode(
     return output.reshape(batch, heads, 1, head_dim).transpose(1, 2).contiguous(), None
 
 
-def use_grouped_cpu_decode(model: PreTrainedModel) -> None:
-    """Switches a model that runs SDPA attention to this variant (same masks)."""
-    if model.config._attn_implementation != "sdpa":
+def bucket_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    bucket_layout: BucketCache | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """A decode step over the width buckets (server/engine/bucket_cache.py): each bucket's rows attend to their
+    own keys up to the bucket's longest row, query heads grouped under their key/value head. Anything else (a
+    prefill, a batch cache of one tensor) is SDPA as above."""
+    if bucket_layout is None:
+        return sdpa_with_grouped_cpu_decode(module, query, key, value, attention_mask, **kwargs)
+    groups = getattr(module, "num_key_value_groups", 1)
+    _, heads, _, head_dim = query.shape
+    outputs = []
+    for start, keys, values, mask in bucket_layout.attention_groups(module.layer_idx):
+        count = keys.shape[0]
+        grouped = query[start : start + count].reshape(count, heads // groups, groups, head_dim)
+        output = torch.nn.functional.scaled_dot_product_attention(
+            grouped, keys, values, attn_mask=mask, scale=kwargs.get("scaling")
+        )
+        outputs.append(output.reshape(count, heads, 1, head_dim))
+    return torch.cat(outputs).transpose(1, 2).contiguous(), None
+
+
+def use_engine_attention(model: PreTrainedModel) -> None:
+    """Switches a model that runs SDPA attention to the engine's (the same masks for everything else)."""
+    if model.config._attn_implementation not in ("sdpa", NAME):
         return
-    AttentionInterface.register(NAME, sdpa_with_grouped_cpu_decode)
+    AttentionInterface.register(NAME, bucket_attention)
     ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, sdpa_mask)
     model.set_attn_implementation(NAME)

@@ -93,6 +93,7 @@ class Engine:
             prefill_chunk=prefill_chunk,
             budget=self.kv_budget,
             prefix_cache=self._runner.prefix_cache,
+            footprint=self._runner.footprint,
         )
         self._outputs = OutputProcessor(self.vocabulary, self.context_length, timings, log_content)
         self._sampler = Sampler(
@@ -226,7 +227,7 @@ class Engine:
         try:
             return self._runner.decode([(s.id, s.last_token) for s in decoding])
         except torch.OutOfMemoryError:
-            # The longest row sets the batch's width: dropping it frees the most.
+            # The longest row holds the most memory: dropping it frees the most.
             longest = max(decoding, key=lambda s: len(s.request.prompt_ids) + len(s.output_ids))
             log.warning("out of memory in a decode step of %d rows; failing the longest", len(decoding))
             self._fail([longest], "out of memory while growing its cache")

@@ -11,7 +11,6 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from server.engine import default_model
-from server.engine.attention import use_grouped_cpu_decode
 from server.engine.errors import ModelLoadError
 from server.engine.vocabulary import Vocabulary
 
@@ -98,8 +97,6 @@ def load(spec: ModelSpec) -> LoadedModel:
     log.info("loading base model %s on %s (%s)", source, device, str(dtype).removeprefix("torch."))
     tokenizer = _load_or_explain(lambda: AutoTokenizer.from_pretrained(source), f"model '{source}'")
     model = _load_or_explain(lambda: AutoModelForCausalLM.from_pretrained(source, dtype=dtype), f"model '{source}'")
-    if device.type == "cpu":
-        use_grouped_cpu_decode(model)
     if adapter:
         model = _apply_adapter(model, adapter, merge=spec.merge, base=source)
     model = model.to(device).eval()

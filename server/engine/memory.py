@@ -9,8 +9,6 @@ from dataclasses import dataclass
 
 import torch
 
-from server.engine.growing_layer import HEADROOM_TOKENS
-
 # Kept free for activations (a prefill chunk's attention and MLP intermediates) beside weights and KV cache.
 ACTIVATION_RESERVE_FRACTION = 0.05
 # Generated tokens a request is counted for beyond its prompt when it asks for more (or names no max_tokens):
@@ -39,11 +37,6 @@ def reservation(prompt_tokens: int, max_tokens: int, context_length: int) -> int
     """KV positions a request is counted for: its prompt and what it may generate, within the reserve."""
     return min(prompt_tokens + min(max_tokens, GENERATION_RESERVE_TOKENS), context_length)
 
-
-def batch_footprint(reservations: list[int]) -> int:
-    """KV positions a batch of requests holds at its widest: rows are left-padded to the longest, and the cache
-    keeps free columns ahead of it to grow into."""
-    return len(reservations) * (max(reservations, default=0) + HEADROOM_TOKENS)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from server.engine.batch_cache import BatchCache, order_of
+from server.engine.attention import use_engine_attention
+from server.engine.bucket_cache import BucketCache
 from server.engine.prefix_cache import PrefixCache
 from server.engine.static_batch_cache import StaticBatchCache
 
@@ -38,7 +39,10 @@ class ModelRunner:
         (`compile_decode`, by default on CUDA only), and on CUDA captured as CUDA graphs."""
         self._model = model
         self._device = device
-        self._batch: BatchCache | StaticBatchCache = BatchCache(model.config, device)
+        use_engine_attention(model)
+        self._batch: BucketCache | StaticBatchCache = BucketCache(
+            model.config, device, model.dtype, model.config.max_position_embeddings
+        )
         self._decode_forward = model
         if static is not None:
             slots, width = static
@@ -63,6 +67,10 @@ class ModelRunner:
     def running_caches(self) -> int:
         """KV caches held for sequences in the batch or being prefilled (the prefix cache's are not counted)."""
         return len(self._batch) + len(self._pending)
+
+    def footprint(self, reservations: list[int]) -> int:
+        """KV positions the batch cache holds at most for running requests of these reservations."""
+        return self._batch.footprint(reservations)
 
     @property
     def batch_tokens(self) -> int:
@@ -126,3 +134,9 @@ class ModelRunner:
         if keep and self._batch.real_length(sequence_id) == len(token_ids):
             self._prefixes.put(tuple(token_ids), self._batch.extract(sequence_id))
         self._batch.remove(sequence_id)
+
+
+def order_of(rows: Sequence[str], wanted: Sequence[str]) -> list[int]:
+    """Where each of `wanted` sits among `rows`."""
+    where = {row: index for index, row in enumerate(rows)}
+    return [where[row] for row in wanted]

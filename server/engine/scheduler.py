@@ -9,9 +9,10 @@ others decode (so a long prompt never stalls their streams), everything when not
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from server.engine.memory import KvBudget, batch_footprint
+from server.engine.memory import KvBudget
 from server.engine.prefix_cache import PrefixCache
 from server.engine.request_state import RequestState
 
@@ -25,11 +26,21 @@ class StepPlan:
 
 
 class Scheduler:
-    def __init__(self, *, max_running: int, prefill_chunk: int, budget: KvBudget, prefix_cache: PrefixCache) -> None:
+    def __init__(
+        self,
+        *,
+        max_running: int,
+        prefill_chunk: int,
+        budget: KvBudget,
+        prefix_cache: PrefixCache,
+        footprint: Callable[[list[int]], int],
+    ) -> None:
+        """`footprint`: the KV positions the batch cache holds for running requests of the given reservations."""
         self._max_running = max_running
         self._prefill_chunk = prefill_chunk
         self._budget = budget
         self._prefix_cache = prefix_cache
+        self._batch_footprint = footprint
         self.waiting: deque[RequestState] = deque()
         self.running: list[RequestState] = []
         # Sample groups whose prompt is being prefilled; the first member (the leader) carries the prefill.
@@ -101,6 +112,5 @@ class Scheduler:
         self._prefix_cache.evict_to(max(self._budget.tokens - needed, 0))
         return True
 
-    @staticmethod
-    def _footprint(states: list[RequestState]) -> int:
-        return batch_footprint([state.reservation for state in states])
+    def _footprint(self, states: list[RequestState]) -> int:
+        return self._batch_footprint([state.reservation for state in states])

@@ -1,21 +1,79 @@
-"""The batch cache in pre-allocated buffers, so that a decode step has the same shapes and addresses every time
-and can be captured once (CUDA graphs, through torch.compile) and replayed.
+"""`--static-cache`: the batch cache in pre-allocated buffers, so that a decode step has the same shapes and
+addresses every time and can be captured once (CUDA graphs, through torch.compile) and replayed.
 
-Same layout as BatchCache (rows right-aligned at one shared write column, left padding and back-off holes
-masked, RoPE positions per row), in transformers' StaticCache: keys and values of shape
+Rows are right-aligned at one shared write column, left padding and back-off holes masked, RoPE positions per
+row, in transformers' StaticCache: keys and values of shape
 [slots, kv heads, width, head dim] per layer, a 2-D mask [slots, width]. A decode step runs every slot; free slots
 are fully masked and their logits ignored. A prompt longer than the write column shifts every row to the right; a
 full buffer is compacted by dropping the columns no row uses, after closing the rows' back-off holes when every
 column is in use.
 """
 
+from collections.abc import Sequence
+from typing import NamedTuple
+
 import torch
 from transformers import DynamicCache, StaticCache
 
-from server.engine.batch_cache import BatchCheckpoint, RowLayout, _layers, first_used_column
+
+def _layers(cache: DynamicCache) -> list:
+    return [layer for layer in cache.layers if layer.keys is not None]
 
 
-class StaticBatchCache(RowLayout):
+def first_used_column(mask: torch.Tensor) -> int:
+    """The first column of a [rows, width] mask that some row uses; the width when none does."""
+    used = mask.any(dim=0).nonzero()
+    return int(used[0]) if len(used) else mask.shape[1]
+
+
+class StaticCheckpoint(NamedTuple):
+    column: int  # the write column
+    positions: list[int]  # each row's next RoPE position
+
+
+class _RowLayout:
+    """Each row's positions in one 2-D mask (1: a real position, 0: padding or a hole) and its next RoPE
+    position."""
+
+    _config: object
+    mask: torch.Tensor
+    rows: Sequence[str | None]
+    positions: list[int]
+
+    def _cache_layers(self) -> list:
+        """The layers holding keys and values, each [rows, kv heads, width, head dim]."""
+        raise NotImplementedError
+
+    def forget_last(self, row_id: str, count: int) -> None:
+        """Masks out a row's last `count` real positions (a back-off), leaving holes the attention skips."""
+        index = self.rows.index(row_id)
+        real = self.real_columns(index)
+        if count > 0:
+            self.mask[index, real[-count:]] = 0
+            self.positions[index] -= count
+
+    def extract(self, row_id: str) -> DynamicCache:
+        """A standalone cache of one row's real positions (for the prefix cache)."""
+        index = self.rows.index(row_id)
+        real = self.real_columns(index)
+        extracted = DynamicCache(config=self._config)
+        for layer_index, layer in enumerate(self._cache_layers()):
+            extracted.update(
+                layer.keys[index : index + 1, :, real], layer.values[index : index + 1, :, real], layer_index
+            )
+        return extracted
+
+    def real_length(self, row_id: str) -> int:
+        return self.positions[self.rows.index(row_id)]
+
+    def real_columns(self, index: int) -> torch.Tensor:
+        """The columns holding row `index`'s real positions, in order."""
+        return self.mask[index].nonzero().flatten()
+
+
+
+
+class StaticBatchCache(_RowLayout):
     def __init__(self, config: object, device: torch.device, dtype: torch.dtype, *, slots: int, width: int) -> None:
         self._config = config
         self._device = device
@@ -50,6 +108,10 @@ class StaticBatchCache(RowLayout):
 
     def _cache_layers(self) -> list:
         return self.cache.layers
+
+    def footprint(self, reservations: list[int]) -> int:
+        """KV positions rows of these reservations hold: a whole slot each."""
+        return len(reservations) * self.width
 
     @property
     def room(self) -> int:
@@ -101,12 +163,12 @@ class StaticBatchCache(RowLayout):
             "cache": self.cache,
         }
 
-    def checkpoint(self) -> BatchCheckpoint:
-        return BatchCheckpoint(self.column, list(self.positions))
+    def checkpoint(self) -> StaticCheckpoint:
+        return StaticCheckpoint(self.column, list(self.positions))
 
-    def restore(self, checkpoint: BatchCheckpoint) -> None:
+    def restore(self, checkpoint: StaticCheckpoint) -> None:
         """Back to a checkpoint: the failed step's column is masked again (its stale values are then ignored)."""
-        self.column, self.positions = checkpoint.columns, checkpoint.positions
+        self.column, self.positions = checkpoint.column, checkpoint.positions
         if self.column < self.width:
             self.mask[:, self.column] = 0
 

@@ -7,17 +7,18 @@ import threading
 import httpx
 import pytest
 
-from server.engine.growing_layer import HEADROOM_TOKENS
+from server.engine.bucket_cache import bucket_widths, width_for
 from server.engine.memory import GENERATION_RESERVE_TOKENS
 from tests.integration.endless import endless_request
 from tests.integration.server_process import ServerProcess
 from tests.integration.sse import data_events
 
-# SmolLM2-135M holds 45 KiB of KV cache per token (float32): 100 MiB is 2,275 tokens. A request that may generate
-# without limit is counted for its prompt, the generation reserve and the cache's headroom (about 2,180 tokens):
-# one fits, two do not.
-BUDGET_MB = 100
+# SmolLM2-135M holds 45 KiB of KV cache per token (float32): 115 MiB is 2,616 tokens. A request that may generate
+# without limit is counted for its prompt and the generation reserve, in the bucket that holds them (2,496
+# positions); a short request for a bucket of 256: one of each does not fit.
+BUDGET_MB = 115
 BUDGET_TOKENS = BUDGET_MB * 2**20 // (45 * 1024)
+WIDTHS = bucket_widths(8192)  # SmolLM2's context
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +40,8 @@ def post_in_background(url: str, body: dict) -> tuple[threading.Thread, dict]:
 
 
 def test_a_request_that_does_not_fit_waits_for_room(small_server):
-    assert (
-        2 * (GENERATION_RESERVE_TOKENS + HEADROOM_TOKENS) > BUDGET_TOKENS > GENERATION_RESERVE_TOKENS + HEADROOM_TOKENS
-    )
+    endless = width_for(5 + GENERATION_RESERVE_TOKENS + 1, WIDTHS)  # a prompt of about five tokens
+    assert endless <= BUDGET_TOKENS < endless + width_for(5 + 8 + 1, WIDTHS)
     url = small_server.url
     with httpx.stream("POST", f"{url}/v1/completions", json=endless_request(stream=True), timeout=None) as first:
         events = data_events(first.iter_lines())

@@ -3,7 +3,7 @@
 import torch
 from transformers import DynamicCache
 
-from server.engine.attention import NAME, sdpa_with_grouped_cpu_decode, use_grouped_cpu_decode
+from server.engine.attention import NAME, sdpa_with_grouped_cpu_decode, use_engine_attention
 from tests.toy import tiny_llama
 
 
@@ -35,6 +35,6 @@ def test_the_model_decodes_the_same_logits_with_it():
         return model(input_ids=token, cache=cache, use_cache=True).logits
 
     expected = decode_logits()
-    use_grouped_cpu_decode(model)
+    use_engine_attention(model)
     assert model.config._attn_implementation == NAME
     torch.testing.assert_close(decode_logits(), expected)

@@ -1,9 +1,9 @@
-"""Batched decode over one shared, left-padded cache gives each sequence what it would get alone."""
+"""Batched decode over the width-bucketed cache (and the static one) gives each sequence what it would get alone."""
 
 import pytest
 import torch
 
-from server.engine import growing_layer
+from server.engine import bucket_cache
 from server.engine.runner import ModelRunner
 from server.engine.static_batch_cache import StaticBatchCache
 from tests.toy import prefill, tiny_llama
@@ -17,11 +17,12 @@ def greedy_alone(model, prompt: list[int], steps: int) -> list[int]:
     return tokens
 
 
-@pytest.mark.parametrize("headroom", [growing_layer.HEADROOM_TOKENS, 1])
+@pytest.mark.parametrize("first_width", [bucket_cache.FIRST_WIDTH, 8])
 @torch.inference_mode()
-def test_rows_of_different_lengths_joining_and_leaving_mid_batch(monkeypatch, headroom):
-    """With a headroom of one position the shared cache re-allocates every other step, as it does in long runs."""
-    monkeypatch.setattr(growing_layer, "HEADROOM_TOKENS", headroom)
+def test_rows_of_different_lengths_joining_and_leaving_mid_batch(monkeypatch, first_width):
+    """With buckets of 8, 12, 20, 28, ... positions the rows move up a bucket every few steps, as long chats do."""
+    monkeypatch.setattr(bucket_cache, "FIRST_WIDTH", first_width)
+    monkeypatch.setattr(bucket_cache, "WIDTH_MULTIPLE", 4 if first_width == 8 else bucket_cache.WIDTH_MULTIPLE)
     model = tiny_llama()
     prompts = {"a": list(range(1, 30)), "b": list(range(5, 12)), "c": [3, 9, 27, 17, 50]}
     expected = {name: greedy_alone(model, prompt, 12) for name, prompt in prompts.items()}

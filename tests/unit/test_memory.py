@@ -2,19 +2,13 @@
 
 import torch
 
-from server.engine.growing_layer import HEADROOM_TOKENS
-from server.engine.memory import GENERATION_RESERVE_TOKENS, batch_footprint, kv_budget_bytes, reservation
+from server.engine.memory import GENERATION_RESERVE_TOKENS, kv_budget_bytes, reservation
 
 
 def test_a_request_is_counted_for_its_prompt_and_what_it_may_generate_within_the_reserve():
     assert reservation(100, 300, 8192) == 400
     assert reservation(100, 100_000, 8192) == 100 + GENERATION_RESERVE_TOKENS
     assert reservation(8000, 1000, 8192) == 8192
-
-
-def test_a_batch_holds_every_row_at_the_longest_rows_width():
-    assert batch_footprint([400, 1000, 50]) == 3 * (1000 + HEADROOM_TOKENS)
-    assert batch_footprint([]) == 0
 
 
 def test_the_cpu_budget_is_a_share_of_the_memory_available():

@@ -27,13 +27,24 @@ def test_weights_and_kv_bytes_by_hand():
 
 
 def test_predicted_step_by_hand():
-    eager = predicted_row("t", "eager", [3, 5], launches=100, sampling=10, config=TINY, width=None)
-    # Both rows padded to the longest (5) plus the column the step writes: 12 columns read; 5 + 128 headroom
-    # columns allocated per row.
-    assert (eager.kv_read_bytes, eager.kv_allocated_bytes, eager.real_kv_bytes) == (12 * 16, 2 * 133 * 16, 8 * 16)
-    assert eager.launches_outside_graph == 110
-    assert eager.predicted_ms == pytest.approx(((600 + 192) / 3e12 + 110 * LAUNCH_SECONDS) * 1000)
-    assert eager.ceiling_ms == pytest.approx((600 + 128) / 3e12 * 1000)
+    # A context of 64 makes one bucket of 65 positions: both rows hold 65 columns, and read up to the longer row
+    # (5) plus the column the step writes: 12 columns read.
+    buckets = predicted_row("t", "buckets", [3, 5], launches=100, sampling=10, config=TINY, width=None)
+    assert (buckets.kv_read_bytes, buckets.kv_allocated_bytes, buckets.real_kv_bytes) == (12 * 16, 130 * 16, 8 * 16)
+    assert buckets.launches_outside_graph == 110
+    assert buckets.predicted_ms == pytest.approx(((600 + 192) / 3e12 + 110 * LAUNCH_SECONDS) * 1000)
+    assert buckets.ceiling_ms == pytest.approx((600 + 128) / 3e12 * 1000)
+    # With Llama-3.1-8B's context the two rows of 300 and 1,000 tokens sit in buckets of 384 and 1,216.
+    wide = predicted_row(
+        "t",
+        "buckets",
+        [300, 1000],
+        launches=0,
+        sampling=0,
+        config={**TINY, "max_position_embeddings": 131072},
+        width=None,
+    )
+    assert (wide.kv_read_bytes, wide.kv_allocated_bytes) == ((301 + 1001) * 16, (384 + 1216) * 16)
     static = predicted_row("t", "static", [3, 5], launches=20, sampling=10, config=TINY, width=40)
     assert (static.kv_read_bytes, static.kv_allocated_bytes) == (2 * 40 * 16, 2 * 40 * 16)
 
