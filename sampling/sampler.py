@@ -102,7 +102,8 @@ class Sampler:
         state = self._slots[slot]
         self._histories.start(slot, history, breaker_flags(history, state.breakers))
         state.generated = generated
-        self._mu[slot] = self._mu_before[slot, generated] if state.params.uses_mirostat else self._mu[slot]
+        if state.params.uses_mirostat:
+            self._mu[slot] = self._mu_before[slot, generated]  # mirostat's target goes back with the output
         state.recent = deque(history, maxlen=state.recent.maxlen)
         state.occurrences.clear()
         if state.breakers:
