@@ -19,7 +19,7 @@ import torch
 
 from sampling import Sampler, SamplingParams
 from server.engine.errors import ModelLoadError
-from server.engine.handle import GenerationHandle
+from server.engine.handle import GenerationHandle, Outbox
 from server.engine.host_memory import release_free_host_memory
 from server.engine.loader import LoadedModel
 from server.engine.memory import KvBudget, kv_bytes_per_token, reservation
@@ -95,7 +95,8 @@ class Engine:
             prefix_cache=self._runner.prefix_cache,
             footprint=self._runner.footprint,
         )
-        self._outputs = OutputProcessor(self.vocabulary, self.context_length, timings, log_content)
+        self._outbox = Outbox()
+        self._outputs = OutputProcessor(self.vocabulary, self.context_length, self._outbox, timings, log_content)
         self._sampler = Sampler(
             slots=max_running,
             capacity=self.context_length,
@@ -167,7 +168,9 @@ class Engine:
             while True:
                 if self._scheduler.idle:
                     release_free_host_memory(self._device)
-                if not self._take_commands(block=self._scheduler.idle):
+                running = self._take_commands(block=self._scheduler.idle)
+                self._outbox.flush()  # what the commands ended
+                if not running:
                     break
                 try:
                     self._step()
@@ -175,8 +178,10 @@ class Engine:
                     log.exception("engine step failed")
                     for state in list(self._scheduler.running):
                         self._end(state, Ending("", "error"), GenerationError(f"generation failed: {error}"))
+                self._outbox.flush()
         for state in self._scheduler.everyone():
             self._end(state, Ending("", "error"), GenerationError("the server is shutting down", retryable=True))
+        self._outbox.flush()
 
     def _take_commands(self, *, block: bool) -> bool:
         """Applies queued commands; False once shutdown was asked."""

@@ -13,16 +13,14 @@ class GenerationHandle:
 
     def __init__(self, sample_id: str, loop: asyncio.AbstractEventLoop, abort: Callable[[str], None]) -> None:
         self.sample_id = sample_id
-        self._loop = loop
+        self.loop = loop
         self._abort = abort
         self._queue: asyncio.Queue[GenerationOutput] = asyncio.Queue()
         self._finished = False
 
     def deliver(self, output: GenerationOutput) -> None:
-        """Called from the engine thread."""
-        # A closed event loop raises RuntimeError: then nobody is waiting any more.
-        with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, output)
+        """Called on the handle's event loop (see Outbox)."""
+        self._queue.put_nowait(output)
 
     def __aiter__(self) -> "GenerationHandle":
         return self
@@ -38,3 +36,28 @@ class GenerationHandle:
         if not self._finished:
             self._finished = True
             self._abort(self.sample_id)
+
+
+class Outbox:
+    """The outputs of one engine step, handed to each event loop in one call: waking a loop from another thread
+    costs a system call and a turn of the loop, so once per step rather than once per token and request."""
+
+    def __init__(self) -> None:
+        self._pending: dict[asyncio.AbstractEventLoop, list[tuple[GenerationHandle, GenerationOutput]]] = {}
+
+    def put(self, handle: GenerationHandle, output: GenerationOutput) -> None:
+        """Called from the engine thread."""
+        self._pending.setdefault(handle.loop, []).append((handle, output))
+
+    def flush(self) -> None:
+        """Called from the engine thread at the end of each step (and after commands that end requests)."""
+        pending, self._pending = self._pending, {}
+        for loop, outputs in pending.items():
+            # A closed event loop raises RuntimeError: then nobody is waiting any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_deliver_all, outputs)
+
+
+def _deliver_all(outputs: list[tuple[GenerationHandle, GenerationOutput]]) -> None:
+    for handle, output in outputs:
+        handle.deliver(output)

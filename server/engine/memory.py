@@ -38,7 +38,6 @@ def reservation(prompt_tokens: int, max_tokens: int, context_length: int) -> int
     return min(prompt_tokens + min(max_tokens, GENERATION_RESERVE_TOKENS), context_length)
 
 
-
 @dataclass(frozen=True)
 class KvBudget:
     """The KV memory in tokens: running requests and the prefix cache share `tokens`; the prefix cache never

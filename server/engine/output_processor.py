@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from server.engine.detokenizer import IncrementalDetokenizer
+from server.engine.handle import Outbox
 from server.engine.request import FinishReason, GenerationError, TokenLogprob
 from server.engine.request_state import RequestState
 from server.engine.timings import TokenTimings
@@ -41,9 +42,15 @@ class BackOff:
 
 class OutputProcessor:
     def __init__(
-        self, vocabulary: Vocabulary, context_length: int, timings: TokenTimings | None, log_content: bool
+        self,
+        vocabulary: Vocabulary,
+        context_length: int,
+        outbox: Outbox,
+        timings: TokenTimings | None,
+        log_content: bool,
     ) -> None:
         self._vocabulary = vocabulary
+        self._outbox = outbox
         self._context_length = context_length
         self._timings = timings
         self._log_content = log_content
@@ -69,7 +76,7 @@ class OutputProcessor:
             return Ending(scan.release + state.stops.flush(), "length")
         text = state.guard.sendable(scan, state.stops) if state.guard else scan.release
         if text:
-            state.handle.deliver(state.output(text))
+            self._outbox.put(state.handle, state.output(text))
         return None
 
     def back_off(self, state: RequestState, banned_at: int) -> int | None:
@@ -90,7 +97,7 @@ class OutputProcessor:
         if ending.by_token and state.pending_logprobs:
             state.pending_logprobs.pop()  # the EOS or stop token is not part of the returned text
         text = state.guard.flush(ending.text) if state.guard else ending.text
-        state.handle.deliver(state.output(text, ending.reason, error, ending.stop_string))
+        self._outbox.put(state.handle, state.output(text, ending.reason, error, ending.stop_string))
         if self._log_content:
             self._log_text(state, ending.reason)
 

@@ -71,8 +71,6 @@ class _RowLayout:
         return self.mask[index].nonzero().flatten()
 
 
-
-
 class StaticBatchCache(_RowLayout):
     def __init__(self, config: object, device: torch.device, dtype: torch.dtype, *, slots: int, width: int) -> None:
         self._config = config
