@@ -7,8 +7,9 @@ in the same run.
 
 Measures: copy bandwidth; single-stream decode tokens/s at 2k and 8k context; aggregate decode tokens/s at 8 and
 32 streams (2k context each); prefill tokens/s at 8k; the same decode figures with `generate()`; a random LoRA
-adapter merged against unmerged; and the `--static-cache` engine (decode step captured as CUDA graphs) at 1 and
-32 streams. The ceiling of a decode step is (weight bytes + KV bytes it reads) over the copy bandwidth. Every
+adapter merged against unmerged; the `--static-cache` engine (decode step captured as CUDA graphs) at 1 and
+32 streams; and bench/roofline.py's scenarios run for real (the decode step's measured time against the
+roofline's H100 prediction, with its launches counted on the card). The ceiling of a decode step is (weight bytes + KV bytes it reads) over the copy bandwidth. Every
 stream of ours runs through the engine with the model card's samplers (min-p and DRY).
 Prints a table and writes JSON (default bench/results/gpu-<device>.json).
 """
@@ -25,6 +26,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from bench.roofline import LLAMA_3_1_8B, SCENARIOS, count_step, predicted_row, time_step
 from sampling import SamplingParams
 from server.engine.engine import Engine
 from server.engine.loader import LoadedModel
@@ -32,26 +34,6 @@ from server.engine.memory import kv_budget_bytes, kv_bytes_per_token
 from server.engine.request import GenerationRequest
 from server.engine.vocabulary import Vocabulary
 
-LLAMA_3_1_8B = {
-    "hidden_size": 4096,
-    "intermediate_size": 14336,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 8,
-    "vocab_size": 128256,
-    "max_position_embeddings": 131072,
-    "rms_norm_eps": 1e-5,
-    "rope_theta": 500000.0,
-    "rope_scaling": {
-        "rope_type": "llama3",
-        "factor": 8.0,
-        "low_freq_factor": 1.0,
-        "high_freq_factor": 4.0,
-        "original_max_position_embeddings": 8192,
-    },
-    "bos_token_id": 128000,
-    "eos_token_id": [128001, 128008, 128009],
-}
 TINY = {
     **LLAMA_3_1_8B,
     "hidden_size": 256,
@@ -235,6 +217,31 @@ def add_random_lora(model: LlamaForCausalLM, rank: int = 16):
     return peft_model.eval()
 
 
+def measured_roofline(loaded: LoadedModel, config: dict) -> list[dict]:
+    """bench/roofline.py's scenarios run for real: each decode step's measured time against the roofline's
+    prediction for an H100 (bytes at 3.0 TB/s plus 5 us per launch counted on this very step)."""
+    rows = []
+    print("roofline scenario    measured ms  predicted ms (H100)  ceiling ms  launches")
+    for scenario, lengths in SCENARIOS.items():
+        measured = time_step(loaded.model, lengths, steps=8)
+        launches = count_step(loaded.model, lengths, None)
+        predicted = predicted_row(scenario, "buckets", lengths, launches, 0, config, None)
+        rows.append(
+            {
+                "scenario": scenario,
+                "measured_ms": round(measured, 3),
+                "predicted_h100_ms": round(predicted.predicted_ms, 3),
+                "ceiling_h100_ms": round(predicted.ceiling_ms, 3),
+                "launches_model_step": launches,
+            }
+        )
+        print(
+            f"{scenario:>17} {measured:>14.2f} {predicted.predicted_ms:>20.2f} {predicted.ceiling_ms:>11.2f} "
+            f"{launches:>9}"
+        )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=["8b", "tiny"], default="8b")
@@ -283,6 +290,7 @@ def main() -> None:
         engine.shutdown()
 
     static = static_cache_rates(loaded)
+    roofline = measured_roofline(loaded, LLAMA_3_1_8B if args.size == "8b" else TINY)
 
     unmerged_model = add_random_lora(loaded.model)
     lora = {}
@@ -309,6 +317,7 @@ def main() -> None:
         "lora_decode_tokens_per_s": {k: round(v, 1) for k, v in lora.items()},
         "static_cache_decode_tokens_per_s_2k": static,
         "seconds": round(time.perf_counter() - started, 1),
+        "roofline": roofline,
     }
     print(f"{card}: copy bandwidth {result['copy_bandwidth_gb_s']} GB/s, weights {result['weight_gb']} GB")
     print(f"{'measure':<28}{'streams':>8}{'context':>8}{'ours':>10}{'generate':>10}{'ceiling':>10}{'of ceil.':>10}")

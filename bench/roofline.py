@@ -22,6 +22,8 @@ Prints a table and writes JSON (default bench/results/roofline.json).
 import argparse
 import json
 import platform
+import statistics
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -31,7 +33,6 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
-from bench.gpu import LLAMA_3_1_8B
 from bench.sampling import llama3_tokenizer
 from sampling import Sampler, SamplingParams
 from server.engine.bucket_cache import BucketCache, bucket_widths, width_for
@@ -40,6 +41,26 @@ from server.engine.memory import ACTIVATION_RESERVE_FRACTION, KvBudget, kv_bytes
 from server.engine.runner import ModelRunner
 from server.engine.static_batch_cache import StaticBatchCache
 
+LLAMA_3_1_8B = {
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "vocab_size": 128256,
+    "max_position_embeddings": 131072,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 500000.0,
+    "rope_scaling": {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    },
+    "bos_token_id": 128000,
+    "eos_token_id": [128001, 128008, 128009],
+}
 SCENARIOS = {
     "1x2k": [2048],
     "1x12k": [12288],
@@ -145,27 +166,37 @@ def captured(runner: ModelRunner, counter: LaunchCounter) -> Iterator[None]:
         runner._decode_forward = forward
 
 
-def random_cache(config: LlamaConfig, length: int, generator: torch.Generator) -> DynamicCache:
+def random_cache(config: LlamaConfig, length: int, device: torch.device, dtype: torch.dtype) -> DynamicCache:
     """A prefilled row's cache without running its prompt: random keys and values of the right shapes."""
     cache = DynamicCache(config=config)
     shape = (1, config.num_key_value_heads, length, config.head_dim)
     for layer in range(config.num_hidden_layers):
-        cache.update(torch.randn(shape, generator=generator), torch.randn(shape, generator=generator), layer)
+        cache.update(
+            torch.randn(shape, device=device, dtype=dtype), torch.randn(shape, device=device, dtype=dtype), layer
+        )
     return cache
+
+
+def runner_with_rows(
+    model: LlamaForCausalLM, lengths: list[int], static: int | None
+) -> tuple[ModelRunner, list[tuple[str, int]]]:
+    """A model runner on the model's device whose batch holds rows of `lengths` (`static`: the slots' width), and
+    the decode step that advances them all. The rows join the batch cache as a finished prefill would, without
+    running their prompts."""
+    device = next(model.parameters()).device
+    slots = None if static is None else (len(lengths), static)
+    runner = ModelRunner(model, device, prefix_budget_tokens=0, static=slots, compile_decode=False)
+    batch: BucketCache | StaticBatchCache = runner._batch
+    torch.manual_seed(0)
+    for index, length in enumerate(lengths):
+        batch.join(f"row{index}", random_cache(model.config, length, device, model.dtype))
+    return runner, [(f"row{index}", 1) for index in range(len(lengths))]
 
 
 def count_step(model: LlamaForCausalLM, lengths: list[int], static: int | None) -> int:
     """Launches of one decode step of rows of `lengths` through the model runner (outside the graph, with
-    `static`: the slots' width)."""
-    config = model.config
-    slots = None if static is None else (len(lengths), static)
-    runner = ModelRunner(model, torch.device("cpu"), prefix_budget_tokens=0, static=slots, compile_decode=False)
-    generator = torch.Generator().manual_seed(0)
-    # The rows join the runner's batch cache as a finished prefill would, without running their prompts.
-    batch: BucketCache | StaticBatchCache = runner._batch
-    for index, length in enumerate(lengths):
-        batch.join(f"row{index}", random_cache(config, length, generator))
-    steps = [(f"row{index}", 1) for index in range(len(lengths))]
+    `static`)."""
+    runner, steps = runner_with_rows(model, lengths, static)
     runner.decode(steps)  # once, so that first-step work (allocations, growth) is not counted
     counter = LaunchCounter()
     with torch.inference_mode(), counter:
@@ -175,6 +206,24 @@ def count_step(model: LlamaForCausalLM, lengths: list[int], static: int | None) 
         else:
             runner.decode(steps)
     return counter.launches
+
+
+def time_step(model: LlamaForCausalLM, lengths: list[int], steps: int) -> float:
+    """Milliseconds of one decode step of rows of `lengths` (the median of `steps`), on the model's device."""
+    runner, step = runner_with_rows(model, lengths, None)
+    device = next(model.parameters()).device
+    timings = []
+    with torch.inference_mode():
+        for index in range(steps + 2):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            started = time.perf_counter()
+            runner.decode(step)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if index >= 2:  # the first steps allocate
+                timings.append((time.perf_counter() - started) * 1000)
+    return statistics.median(timings)
 
 
 def count_sampling(sampler_factory: Callable[[int], Sampler], streams: int, history: int) -> int:
