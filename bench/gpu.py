@@ -9,7 +9,8 @@ Measures: copy bandwidth; single-stream decode tokens/s at 2k and 8k context; ag
 32 streams (2k context each); prefill tokens/s at 8k; the same decode figures with `generate()`; a random LoRA
 adapter merged against unmerged; the `--static-cache` engine (decode step captured as CUDA graphs) at 1 and
 32 streams; and bench/roofline.py's scenarios run for real (the decode step's measured time against the
-roofline's H100 prediction, with its launches counted on the card). The ceiling of a decode step is (weight bytes + KV bytes it reads) over the copy bandwidth. Every
+roofline's H100 prediction, with its launches counted on the card). The ceiling of a decode step is (weight bytes
++ KV bytes it reads) over the copy bandwidth. Every
 stream of ours runs through the engine with the model card's samplers (min-p and DRY).
 Prints a table and writes JSON (default bench/results/gpu-<device>.json).
 """
