@@ -62,7 +62,10 @@ class Sampler:
         self._eos_ids = frozenset(eos_ids)
         newline = tokenize("\n")
         # XTC never removes these: the newline token (the last of "\n"'s tokens) and EOS.
-        self._xtc_protected = self._eos_ids | frozenset(newline[-1:])
+        protected = sorted(t for t in self._eos_ids | frozenset(newline[-1:]) if t < self.vocab_size)
+        self._xtc_protected_ids = torch.tensor(protected, device=self.device, dtype=torch.long)
+        self._xtc_protected_columns = torch.zeros(1, self.vocab_size, dtype=torch.bool, device=self.device)
+        self._xtc_protected_columns[0, self._xtc_protected_ids] = True
         self._slots: dict[int, _Slot] = {}
         self._free = list(reversed(range(slots)))
         # Mirostat's target per slot, and the value it had before each generated token (for rewinds).
@@ -235,12 +238,10 @@ class Sampler:
         acts = (coins < probabilities) | (probabilities >= 1)
         index = torch.tensor(members, device=logits.device)
         thresholds = [params[i].xtc_threshold for i in members]
-        protected_ids = torch.tensor(sorted(self._xtc_protected), device=logits.device, dtype=torch.long)
         if token_ids is None:
-            protected = torch.zeros(1, logits.shape[-1], dtype=torch.bool, device=logits.device)
-            protected[0, protected_ids] = True
+            protected = self._xtc_protected_columns
         else:
-            protected = torch.isin(token_ids.index_select(0, index), protected_ids)
+            protected = torch.isin(token_ids.index_select(0, index), self._xtc_protected_ids)
         part = mask_xtc(logits.index_select(0, index), thresholds, acts.unsqueeze(1), protected)
         return logits.index_copy(0, index, part)
 

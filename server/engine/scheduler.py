@@ -78,7 +78,7 @@ class Scheduler:
 
     def fit_prefix_cache(self) -> None:
         """Shrinks the prefix cache to what the running requests' footprint leaves of the budget."""
-        self._prefix_cache.evict_to(max(self._budget.tokens - self._footprint(self.running), 0))
+        self._evict_to_fit(self._footprint(self.running))
 
     def _take_expired(self, now: float) -> list[RequestState]:
         """`--request-timeout`: requests past their deadline leave the queues."""
@@ -109,8 +109,12 @@ class Scheduler:
         needed = self._footprint([*self.running, *group])
         if needed > self._budget.tokens and self.running:
             return False
-        self._prefix_cache.evict_to(max(self._budget.tokens - needed, 0))
+        self._evict_to_fit(needed)
         return True
+
+    def _evict_to_fit(self, running_tokens: int) -> None:
+        """The prefix cache keeps what `running_tokens` leave of the budget."""
+        self._prefix_cache.evict_to(max(self._budget.tokens - running_tokens, 0))
 
     def _footprint(self, states: list[RequestState]) -> int:
         return self._batch_footprint([state.reservation for state in states])

@@ -97,8 +97,8 @@ def sampling_params(fields: SamplerFields, state: ServerState, engine: Engine) -
     if outside:
         raise APIError(400, f"logit_bias: token id {outside[0]} is not in the vocabulary.", param="logit_bias")
     # Banning a token this vocabulary does not have bans nothing (SillyTavern sends Llama-3's <|eot_id|>).
-    kept = frozenset(token for token in params.banned_token_ids if not engine.vocabulary.outside([token]))
-    return dataclasses.replace(params, banned_token_ids=kept)
+    unknown = engine.vocabulary.outside(list(params.banned_token_ids))
+    return dataclasses.replace(params, banned_token_ids=params.banned_token_ids - frozenset(unknown))
 
 
 def context_room(prompt_tokens: int, max_tokens: int | None, engine: Engine) -> int:
