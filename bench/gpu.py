@@ -6,12 +6,13 @@ in the same run.
     .venv/bin/python -m bench.gpu --size tiny     # a small Llama on whatever device there is (checks the script)
 
 Measures: copy bandwidth; single-stream decode tokens/s at 2k and 8k context; aggregate decode tokens/s at 8 and
-32 streams (2k context each); prefill tokens/s at 8k; the same decode figures with `generate()`; a random LoRA
-adapter merged against unmerged; the `--static-cache` engine (decode step captured as CUDA graphs) at 1 and
-32 streams; and bench/roofline.py's scenarios run for real (the decode step's measured time against the
-roofline's H100 prediction, with its launches counted on the card). The ceiling of a decode step is (weight bytes
-+ KV bytes it reads) over the copy bandwidth. Every
-stream of ours runs through the engine with the model card's samplers (min-p and DRY).
+32 streams (2k context each) with the default decode mode (captured on CUDA, after its self-check); prefill
+tokens/s at 8k; the same decode figures with `generate()`; the engine with `--decode-mode eager` at 1 and 32
+streams; a random LoRA adapter merged against unmerged; the captured step's self-check (captured against eager
+logits); and bench/roofline.py's scenarios run for real on both decode paths (the decode step's measured time
+against the roofline's H100 prediction, with its launches counted on the card). The ceiling of a decode step is
+(weight bytes + KV bytes it reads) over the copy bandwidth. Every stream of ours runs through the engine with the
+model card's samplers (min-p and DRY).
 Prints a table and writes JSON (default bench/results/gpu-<device>.json).
 """
 
@@ -27,12 +28,14 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from bench.roofline import LLAMA_3_1_8B, SCENARIOS, count_step, predicted_row, time_step
+from bench.roofline import LLAMA_3_1_8B, PATHS, SCENARIOS, count_step, predicted_row, time_step
 from sampling import SamplingParams
+from server.engine.decode_check import captured_decode_problem
 from server.engine.engine import Engine
 from server.engine.loader import LoadedModel
 from server.engine.memory import kv_budget_bytes, kv_bytes_per_token
 from server.engine.request import GenerationRequest
+from server.engine.runner import ModelRunner
 from server.engine.vocabulary import Vocabulary
 
 TINY = {
@@ -173,38 +176,39 @@ def ceiling(weight_bytes: int, kv_per_token: int, streams: int, context: int, ba
     return streams * bandwidth / (weight_bytes + streams * context * kv_per_token)
 
 
-def new_engine(loaded: LoadedModel, max_running: int, *, static_cache: bool = False) -> Engine:
+def new_engine(loaded: LoadedModel, max_running: int, decode_mode: str = "auto") -> Engine:
     engine = Engine(
         loaded,
         max_running=max_running,
         prefix_cache_mb=0,  # every measurement is cold
         kv_budget_bytes=kv_budget_bytes(loaded.device, 0.9),
-        static_cache=static_cache,
+        decode_mode=decode_mode,
     )
     engine.start()
     return engine
 
 
-def static_cache_rates(loaded: LoadedModel) -> dict:
-    """`--static-cache`: decode tokens/s at 1 and 32 streams (2k context); its first steps compile and capture.
-    An error is reported, not raised: this path has not been run on a GPU before."""
+def eager_rates(loaded: LoadedModel) -> dict:
+    """`--decode-mode eager`: decode tokens/s at 1 and 32 streams (2k context), beside the default's."""
+    engine = new_engine(loaded, max_running=32, decode_mode="eager")
     try:
-        engine = new_engine(loaded, max_running=32, static_cache=True)
-    except Exception as error:
-        return {"error": f"{type(error).__name__}: {error}"}
-    try:
-        compile_started = time.perf_counter()
         ours(engine, 1, 256, 8, seed=0)
-        ours(engine, 32, 256, 8, seed=1)
-        rates = {"compile_and_warm_up_s": round(time.perf_counter() - compile_started, 1)}
-        for streams in (1, 32):
-            rate = ours(engine, streams, 2048, 128, seed=streams * 7)["decode_tokens_per_s"]
-            rates[f"{streams}_streams"] = round(rate, 1)
-        return rates
-    except Exception as error:
-        return {"error": f"{type(error).__name__}: {error}"}
+        return {
+            f"{streams}_streams": round(ours(engine, streams, 2048, 128, seed=streams * 7)["decode_tokens_per_s"], 1)
+            for streams in (1, 32)
+        }
     finally:
         engine.shutdown()
+
+
+@torch.inference_mode()
+def self_check(loaded: LoadedModel) -> dict:
+    """The start-up self-check on its own: None when captured decode gives eager's greedy tokens and logits within
+    the dtype's tolerance; else what differed."""
+    runner = ModelRunner(loaded.model, loaded.device, prefix_budget_tokens=0, captured=True)
+    started = time.perf_counter()
+    problem = captured_decode_problem(runner, loaded.model.config.vocab_size, loaded.dtype, loaded.context_length)
+    return {"problem": problem, "seconds": round(time.perf_counter() - started, 2)}
 
 
 def add_random_lora(model: LlamaForCausalLM, rank: int = 16):
@@ -219,27 +223,31 @@ def add_random_lora(model: LlamaForCausalLM, rank: int = 16):
 
 
 def measured_roofline(loaded: LoadedModel, config: dict) -> list[dict]:
-    """bench/roofline.py's scenarios run for real: each decode step's measured time against the roofline's
-    prediction for an H100 (bytes at 3.0 TB/s plus 5 us per launch counted on this very step)."""
+    """bench/roofline.py's scenarios run for real on both decode paths: each decode step's measured time (the
+    model runner, without sampling) against the roofline's prediction for an H100 (bytes at 3.0 TB/s plus 5 us per
+    launch counted on this very step)."""
     rows = []
-    print("roofline scenario    measured ms  predicted ms (H100)  ceiling ms  launches")
+    print("roofline scenario     path  measured ms  predicted ms (H100)  ceiling ms  launches")
     for scenario, lengths in SCENARIOS.items():
-        measured = time_step(loaded.model, lengths, steps=8)
-        launches = count_step(loaded.model, lengths, None)
-        predicted = predicted_row(scenario, "buckets", lengths, launches, 0, config, None)
-        rows.append(
-            {
-                "scenario": scenario,
-                "measured_ms": round(measured, 3),
-                "predicted_h100_ms": round(predicted.predicted_ms, 3),
-                "ceiling_h100_ms": round(predicted.ceiling_ms, 3),
-                "launches_model_step": launches,
-            }
-        )
-        print(
-            f"{scenario:>17} {measured:>14.2f} {predicted.predicted_ms:>20.2f} {predicted.ceiling_ms:>11.2f} "
-            f"{launches:>9}"
-        )
+        for path in PATHS:
+            captured = path == "captured"
+            measured = time_step(loaded.model, lengths, steps=8, captured=captured)
+            launches = count_step(loaded.model, lengths, captured=captured)
+            predicted = predicted_row(scenario, path, lengths, launches, 0, config)
+            rows.append(
+                {
+                    "scenario": scenario,
+                    "path": path,
+                    "measured_ms": round(measured, 3),
+                    "predicted_h100_ms": round(predicted.predicted_ms, 3),
+                    "ceiling_h100_ms": round(predicted.ceiling_ms, 3),
+                    "launches_model_step": launches,
+                }
+            )
+            print(
+                f"{scenario:>17} {path:>8} {measured:>12.2f} {predicted.predicted_ms:>20.2f} "
+                f"{predicted.ceiling_ms:>11.2f} {launches:>9}"
+            )
     return rows
 
 
@@ -274,7 +282,10 @@ def main() -> None:
             }
         )
 
+    check = self_check(loaded)
+    print(f"self-check of captured decode: {check}")
     engine = new_engine(loaded, max_running=32)
+    decode_mode = engine.stats.decode_mode
     try:
         ours(engine, 1, 256, 8, seed=0)  # warm-up: kernels, allocator
         single = {}
@@ -290,7 +301,7 @@ def main() -> None:
     finally:
         engine.shutdown()
 
-    static = static_cache_rates(loaded)
+    eager = eager_rates(loaded)
     roofline = measured_roofline(loaded, LLAMA_3_1_8B if args.size == "8b" else TINY)
 
     unmerged_model = add_random_lora(loaded.model)
@@ -316,11 +327,16 @@ def main() -> None:
         "prefill_tokens_per_s_8k": round(prefill, 1),
         "aggregate_32_over_single_2k": round(rows[3]["ours"] / single[2048], 2),
         "lora_decode_tokens_per_s": {k: round(v, 1) for k, v in lora.items()},
-        "static_cache_decode_tokens_per_s_2k": static,
+        "decode_mode": decode_mode,
+        "self_check": check,
+        "eager_decode_tokens_per_s_2k": eager,
         "seconds": round(time.perf_counter() - started, 1),
         "roofline": roofline,
     }
-    print(f"{card}: copy bandwidth {result['copy_bandwidth_gb_s']} GB/s, weights {result['weight_gb']} GB")
+    print(
+        f"{card}: copy bandwidth {result['copy_bandwidth_gb_s']} GB/s, weights {result['weight_gb']} GB; "
+        f"decode {decode_mode} (eager at 2k: {eager})"
+    )
     print(f"{'measure':<28}{'streams':>8}{'context':>8}{'ours':>10}{'generate':>10}{'ceiling':>10}{'of ceil.':>10}")
     for r in rows:
         generate = "-" if r["generate"] is None else r["generate"]

@@ -9,10 +9,11 @@ on the widths. Bytes are computed for the real widths in bf16: the weights a ste
 bytes / 3.0 TB/s plus 5 us per launch outside a captured graph; the ceiling is the real bytes (weights + real
 tokens' KV) over the bandwidth.
 
-Two engine paths side by side: "buckets" (the default: the width-bucketed batch cache, every operator launched)
-and "static" (`--static-cache`: every slot pre-allocated at the same width, the model's forward captured as one
-CUDA graph on CUDA; the width is what the server gives a slot of an 80 GB card's KV budget). bench/RESULTS.md
-also keeps the numbers of the left-padded cache the buckets replaced.
+Two decode paths over the width-bucketed batch cache side by side: "eager" (`--decode-mode eager`, the default on
+CPU: every operator launched, each bucket's attention reading up to its longest row) and "captured" (the default
+on CUDA: each bucket padded to its capacity and read over its whole width, the forward one CUDA graph replay; what
+runs around it, the copy of the step's inputs into the graph and the sampling chain, still launches). bench/
+RESULTS.md also keeps the numbers of the left-padded cache and the full-width static cache the buckets replaced.
 
     .venv/bin/python -m bench.roofline [--scenarios 1x2k 8-mixed ...] [--out FILE]
 
@@ -35,11 +36,11 @@ from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
 from bench.sampling import llama3_tokenizer
 from sampling import Sampler, SamplingParams
-from server.engine.bucket_cache import BucketCache, bucket_widths, width_for
+from server.engine.bucket_cache import bucket_widths, capacity_for, width_for
+from server.engine.decode_graphs import DecodeGraphs
 from server.engine.detokenizer import token_bytes_table, token_texts
-from server.engine.memory import ACTIVATION_RESERVE_FRACTION, KvBudget, kv_bytes_per_token
+from server.engine.memory import kv_bytes_per_token
 from server.engine.runner import ModelRunner
-from server.engine.static_batch_cache import StaticBatchCache
 
 LLAMA_3_1_8B = {
     "hidden_size": 4096,
@@ -72,9 +73,9 @@ SCENARIOS = {
 H100_BYTES_PER_SECOND = 3.0e12
 LAUNCH_SECONDS = 5e-6
 BF16 = 2
-GPU_BYTES = 80 * 2**30  # an H100's memory, for the static cache's width
-SERVER_MEMORY_FRACTION = 0.9
-SERVER_PREFIX_CACHE_MB = 1024
+# A captured step outside its graph: the copy of its tokens and positions into the graph's input, the replay.
+CAPTURED_RUN_LAUNCHES = 2
+PATHS = ("eager", "captured")
 
 
 @dataclass(frozen=True)
@@ -125,13 +126,6 @@ def kv_token_bytes(config: dict) -> int:
     return kv_bytes_per_token(LlamaConfig(**config), torch.bfloat16)
 
 
-def static_width(config: dict, slots: int) -> int:
-    """The width the server gives each slot of `--static-cache` on an 80 GB card (server/engine/memory.py)."""
-    budget_bytes = int(GPU_BYTES * (SERVER_MEMORY_FRACTION - ACTIVATION_RESERVE_FRACTION)) - weight_bytes(config)
-    budget = KvBudget.of(budget_bytes, kv_token_bytes(config), SERVER_PREFIX_CACHE_MB)
-    return budget.static_width(slots, config["max_position_embeddings"])
-
-
 class LaunchCounter(TorchDispatchMode):
     """Counts dispatched operators that are not views; `paused` stops counting (inside a captured graph)."""
 
@@ -147,23 +141,24 @@ class LaunchCounter(TorchDispatchMode):
 
 
 @contextmanager
-def captured(runner: ModelRunner, counter: LaunchCounter) -> Iterator[None]:
-    """The model's forward as one launch (a CUDA graph replay): what the runner does around it still counts."""
-    forward = runner._decode_forward
+def as_replays(counter: LaunchCounter) -> Iterator[None]:
+    """Each captured step's forward counts as what it costs outside the graph on CUDA (its input copy and the
+    replay); on the CPU the same padded step runs uncaptured, its operators not counted."""
+    run = DecodeGraphs.run
 
-    def replay(*args: object, **kwargs: object) -> object:
-        counter.launches += 1
+    def replay(graphs: DecodeGraphs, batch: object) -> object:
+        counter.launches += CAPTURED_RUN_LAUNCHES
         counter.paused = True
         try:
-            return forward(*args, **kwargs)
+            return run(graphs, batch)
         finally:
             counter.paused = False
 
-    runner._decode_forward = replay
+    DecodeGraphs.run = replay
     try:
         yield
     finally:
-        runner._decode_forward = forward
+        DecodeGraphs.run = run
 
 
 def random_cache(config: LlamaConfig, length: int, device: torch.device, dtype: torch.dtype) -> DynamicCache:
@@ -178,39 +173,32 @@ def random_cache(config: LlamaConfig, length: int, device: torch.device, dtype: 
 
 
 def runner_with_rows(
-    model: LlamaForCausalLM, lengths: list[int], static: int | None
+    model: LlamaForCausalLM, lengths: list[int], captured: bool
 ) -> tuple[ModelRunner, list[tuple[str, int]]]:
-    """A model runner on the model's device whose batch holds rows of `lengths` (`static`: the slots' width), and
-    the decode step that advances them all. The rows join the batch cache as a finished prefill would, without
-    running their prompts."""
+    """A model runner on the model's device whose batch holds rows of `lengths`, and the decode step that advances
+    them all. The rows join the batch cache as a finished prefill would, without running their prompts."""
     device = next(model.parameters()).device
-    slots = None if static is None else (len(lengths), static)
-    runner = ModelRunner(model, device, prefix_budget_tokens=0, static=slots, compile_decode=False)
-    batch: BucketCache | StaticBatchCache = runner._batch
+    runner = ModelRunner(model, device, prefix_budget_tokens=0, captured=captured)
     torch.manual_seed(0)
     for index, length in enumerate(lengths):
-        batch.join(f"row{index}", random_cache(model.config, length, device, model.dtype))
+        runner._batch.join(f"row{index}", random_cache(model.config, length, device, model.dtype))
     return runner, [(f"row{index}", 1) for index in range(len(lengths))]
 
 
-def count_step(model: LlamaForCausalLM, lengths: list[int], static: int | None) -> int:
-    """Launches of one decode step of rows of `lengths` through the model runner (outside the graph, with
-    `static`)."""
-    runner, steps = runner_with_rows(model, lengths, static)
-    runner.decode(steps)  # once, so that first-step work (allocations, growth) is not counted
+def count_step(model: LlamaForCausalLM, lengths: list[int], captured: bool) -> int:
+    """Launches of one decode step of rows of `lengths` through the model runner (outside the graph when
+    `captured`)."""
+    runner, steps = runner_with_rows(model, lengths, captured)
+    runner.decode(steps)  # once, so that first-step work (allocations, capture) is not counted
     counter = LaunchCounter()
-    with torch.inference_mode(), counter:
-        if static is not None:
-            with captured(runner, counter):
-                runner.decode(steps)
-        else:
-            runner.decode(steps)
+    with torch.inference_mode(), counter, as_replays(counter):
+        runner.decode(steps)
     return counter.launches
 
 
-def time_step(model: LlamaForCausalLM, lengths: list[int], steps: int) -> float:
+def time_step(model: LlamaForCausalLM, lengths: list[int], steps: int, captured: bool) -> float:
     """Milliseconds of one decode step of rows of `lengths` (the median of `steps`), on the model's device."""
-    runner, step = runner_with_rows(model, lengths, None)
+    runner, step = runner_with_rows(model, lengths, captured)
     device = next(model.parameters()).device
     timings = []
     with torch.inference_mode():
@@ -221,7 +209,7 @@ def time_step(model: LlamaForCausalLM, lengths: list[int], steps: int) -> float:
             runner.decode(step)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            if index >= 2:  # the first steps allocate
+            if index >= 2:  # the first steps allocate and capture
                 timings.append((time.perf_counter() - started) * 1000)
     return statistics.median(timings)
 
@@ -242,15 +230,11 @@ def count_sampling(sampler_factory: Callable[[int], Sampler], streams: int, hist
     return counter.launches
 
 
-def predicted_row(
-    scenario: str, path: str, lengths: list[int], launches: int, sampling: int, config: dict, width: int | None
-) -> Row:
-    """Bytes and times for the real widths. Buckets: each row holds its bucket's width, and a bucket's rows read up
-    to its longest row and the column the step writes; static: every slot holds `width` columns and attention reads
-    all of them."""
+def predicted_row(scenario: str, path: str, lengths: list[int], launches: int, sampling: int, config: dict) -> Row:
+    """Bytes and times for the real widths (see `kv_columns`)."""
     per_token = kv_token_bytes(config)
     streams, real = len(lengths), sum(lengths)
-    read_columns, allocated_columns = kv_columns(lengths, width, config["max_position_embeddings"])
+    read_columns, allocated_columns = kv_columns(lengths, path, config["max_position_embeddings"])
     weights = weight_bytes(config)
     total_launches = launches + sampling
     kv_read = read_columns * per_token
@@ -272,16 +256,18 @@ def predicted_row(
     )
 
 
-def kv_columns(lengths: list[int], width: int | None, context: int) -> tuple[int, int]:
-    """KV positions a decode step reads and the cache holds: per bucket (`width` None), or static slots."""
-    if width is not None:
-        return len(lengths) * width, len(lengths) * width
+def kv_columns(lengths: list[int], path: str, context: int) -> tuple[int, int]:
+    """KV positions a decode step reads and the cache holds. Each bucket holds its capacity for its rows times
+    its width; eager, its rows read up to its longest row and the column the step writes; captured, every slot
+    reads the whole width."""
     widths = bucket_widths(context)
     buckets: dict[int, list[int]] = {}
     for length in lengths:
         buckets.setdefault(width_for(length + 1, widths), []).append(length)
-    read = sum(len(members) * (max(members) + 1) for members in buckets.values())
-    return read, sum(width * len(members) for width, members in buckets.items())
+    allocated = sum(capacity_for(len(members)) * width for width, members in buckets.items())
+    if path == "captured":
+        return allocated, allocated
+    return sum(len(members) * (max(members) + 1) for members in buckets.values()), allocated
 
 
 def llama3_sampler_factory() -> Callable[[int], Sampler]:
@@ -306,18 +292,16 @@ def main() -> None:
     rows = []
     header = ("scenario", "path", "launches", "of which sampling", "KV read GB", "KV alloc GB", "real KV GB",
               "predicted ms", "ceiling ms", "of ceiling")  # fmt: skip
-    print("{:>8} {:>7} {:>9} {:>18} {:>11} {:>12} {:>11} {:>13} {:>11} {:>10}".format(*header))
+    print("{:>8} {:>8} {:>9} {:>18} {:>11} {:>12} {:>11} {:>13} {:>11} {:>10}".format(*header))
     for scenario in args.scenarios:
         lengths = SCENARIOS[scenario]
         sampling = count_sampling(sampler_factory, len(lengths), max(lengths))
-        width = static_width(LLAMA_3_1_8B, len(lengths))
-        for path, static in (("buckets", None), ("static", width)):
-            # The static path's launches do not depend on the width: count them on a narrow one.
-            launches = count_step(model, lengths if static is None else [64] * len(lengths), 80 if static else None)
-            row = predicted_row(scenario, path, lengths, launches, sampling, LLAMA_3_1_8B, static)
+        for path in PATHS:
+            launches = count_step(model, lengths, captured=path == "captured")
+            row = predicted_row(scenario, path, lengths, launches, sampling, LLAMA_3_1_8B)
             rows.append(row)
             print(
-                f"{scenario:>8} {path:>7} {row.launches_outside_graph:>9} {sampling:>18} "
+                f"{scenario:>8} {path:>8} {row.launches_outside_graph:>9} {sampling:>18} "
                 f"{row.kv_read_bytes / 1e9:>11.2f} {row.kv_allocated_bytes / 1e9:>12.2f} "
                 f"{row.real_kv_bytes / 1e9:>11.2f} {row.predicted_ms:>13.2f} {row.ceiling_ms:>11.2f} "
                 f"{row.of_ceiling:>9.0%}"

@@ -48,33 +48,34 @@ def rep_limit(length: int, window_start: int, occurrences: Sequence[tuple[int, i
 def dry_penalty_matrix(histories: TokenHistories, rows: Sequence[DryRow], vocab_size: int) -> torch.Tensor:
     """The amount to subtract from each row's logits, (len(rows), vocab_size), in float32."""
     device = histories.device
-    index = torch.tensor([r.row for r in rows], device=device)
-    lengths = torch.tensor([histories.lengths[r.row] for r in rows], device=device).unsqueeze(1)
+    # Every row's numbers reach the device in two tensors (each one a copy on a GPU).
+    index, last_followers, starts, limits, allowed = torch.tensor(
+        [[r.row, histories.lengths[r.row] - 1, r.window_start, r.rep_limit, r.allowed_length] for r in rows],
+        device=device,
+    ).T.unsqueeze(2)
+    index = index.squeeze(1)
+    max_exponents, multipliers, bases = torch.tensor(
+        [[r.max_exponent, r.multiplier, r.base] for r in rows], dtype=torch.float32, device=device
+    ).T.unsqueeze(2)
     width = max(histories.lengths[r.row] for r in rows)
-    starts = torch.tensor([r.window_start for r in rows], device=device).unsqueeze(1)
-    limits = torch.tensor([r.rep_limit for r in rows], device=device).unsqueeze(1)
-    allowed = torch.tensor([r.allowed_length for r in rows], device=device).unsqueeze(1)
 
-    positions = torch.arange(max(width - 1, 0), device=device)
+    positions = histories.columns[: max(width - 1, 0)]
     followers = histories.tokens.index_select(0, index)[:, 1:width]
-    counted = (positions >= starts) & (positions < lengths - 1)
+    counted = (positions >= starts) & (positions < last_followers)
     counted &= ~histories.is_breaker.index_select(0, index)[:, 1:width]
     match = histories.match.index_select(0, index)[:, : width - 1]
-    match = torch.minimum(torch.minimum(match, limits), positions - starts + 1)
+    # positions + 1 - starts: how far back from each position the window reaches.
+    match = torch.minimum(torch.minimum(match, limits), histories.columns[1:width] - starts)
     match = torch.where(counted & (limits >= allowed), match, 0)
 
     # The penalty grows with the match length, so the largest penalty of a candidate's occurrences is the
     # penalty of its longest match: compute per position, then keep the maximum per token. This keeps the
     # vocabulary-wide work to one scatter.
-    exponent = torch.minimum((match - allowed).to(torch.float32), _column([r.max_exponent for r in rows], device))
-    penalty = _column([r.multiplier for r in rows], device) * _column([r.base for r in rows], device) ** exponent
+    exponent = torch.minimum((match - allowed).to(torch.float32), max_exponents)
+    penalty = multipliers * bases**exponent
     penalty = torch.where(match >= allowed, penalty, 0.0)
     matrix = torch.zeros(len(rows), vocab_size, dtype=torch.float32, device=device)
     return matrix.scatter_reduce_(1, followers, penalty, reduce="amax")
-
-
-def _column(values: Sequence[float], device: torch.device) -> torch.Tensor:
-    return torch.tensor(values, dtype=torch.float32, device=device).unsqueeze(1)
 
 
 def breaker_flags(history: Sequence[int], analysis: BreakerAnalysis | None) -> list[bool]:

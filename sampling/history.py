@@ -36,6 +36,7 @@ class TokenHistories:
         self.match = torch.zeros(rows, capacity, dtype=torch.long, device=device)
         self.is_breaker = torch.zeros(rows, capacity, dtype=torch.bool, device=device)
         self.lengths = [0] * rows
+        self.columns = torch.arange(capacity + 1, device=device)  # views of it number a step's columns
 
     def start(self, row: int, history: Sequence[int], breaker_flags: Sequence[bool]) -> None:
         length = len(history)
@@ -50,17 +51,17 @@ class TokenHistories:
 
     def append(self, rows: Sequence[int], tokens: torch.Tensor, breaker_flags: Sequence[bool]) -> None:
         """Appends one token to each row (rows full to capacity keep their last token)."""
-        index = torch.tensor(rows, device=self.device)
         slots = [min(self.lengths[r], self.capacity - 1) for r in rows]
-        positions = torch.tensor(slots, device=self.device)
+        # One tensor (one copy on a GPU) for the rows, their positions and their breaker flags.
+        index, positions, flags = torch.tensor([rows, slots, list(breaker_flags)], device=self.device)
         width = max(slots) + 1  # from host-side lengths: no device synchronisation
         history = self.tokens.index_select(0, index)[:, :width]
         previous = self.match.index_select(0, index)[:, :width]
         shifted = torch.nn.functional.pad(previous[:, :-1], (1, 0))
-        columns = torch.arange(width, device=self.device)
+        columns = self.columns[:width]
         updated = torch.where((history == tokens.unsqueeze(1)) & (columns < positions.unsqueeze(1)), shifted + 1, 0)
         self.match[index, :width] = updated
         self.tokens[index, positions] = tokens
-        self.is_breaker[index, positions] = torch.tensor(breaker_flags, device=self.device)
+        self.is_breaker[index, positions] = flags.bool()
         for r in rows:
             self.lengths[r] = min(self.lengths[r] + 1, self.capacity)

@@ -2,16 +2,20 @@
 
 A request takes a slot when it starts (its prompt becomes the slot's history) and gives it back when
 it ends. Each step, `sample` runs the chain over the logits of the slots that advance, draws one token per slot
-with the slot's own generator, and appends the tokens to the histories. The only host synchronisation is reading
-the drawn ids back.
+with a number from the slot's own generator, and appends the tokens to the histories. The only host
+synchronisation is reading the drawn ids back.
 
 Chain: logit bias and bans (including EOS while `min_tokens` is not reached, or always with `ignore_eos`), then
 the slot's order of penalties, DRY, the truncation samplers, mirostat, XTC, temperature, dynamic temperature and
 smoothing (sampling/order.py); temperature 0 (or below 1e-5, where dividing would overflow) takes the arg-max of
 the processed logits. Randomness (the draw, XTC's coin) comes from each slot's own generator, so a seeded request
-is reproducible; mirostat's target `mu` is kept per slot, on the device, and goes back with a rewind.
+is reproducible; the generators live on the host (Python's), so that a step's random numbers reach the device as
+one small tensor instead of one launch per slot. Mirostat's target `mu` is kept per slot, on the device, and goes
+back with a rewind.
 """
 
+import math
+import random
 import secrets
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -37,7 +41,7 @@ _OCCURRENCES_KEPT = 8
 @dataclass
 class _Slot:
     params: SamplingParams
-    generator: torch.Generator
+    generator: random.Random
     breakers: BreakerAnalysis | None
     recent: deque[int]  # the last tokens, enough to recognise a multi-token breaker ending now
     occurrences: deque[tuple[int, int]] = field(default_factory=lambda: deque(maxlen=_OCCURRENCES_KEPT))
@@ -90,7 +94,7 @@ class Sampler:
         seed = secrets.randbits(63) if params.seed is None else params.seed
         state = _Slot(
             params=params,
-            generator=torch.Generator(device=self.device).manual_seed(seed),
+            generator=random.Random(seed),
             breakers=breakers,
             recent=deque(history, maxlen=(breakers.longest_tail if breakers else 0) + 1),
         )
@@ -123,15 +127,18 @@ class Sampler:
         tokens each slot may not take at this step only. A slot whose logits hold NaN or +infinity, or whose chain
         leaves no token possible, gets None and records nothing: the caller fails that request alone."""
         processed = self.process(logits, slots, bans)
-        # -inf is a legitimate "impossible" logit; NaN and +inf are faults.
-        broken = (logits.isnan() | logits.isposinf()).any(dim=-1)
-        valid = ~broken & torch.isfinite(processed.amax(dim=-1))
-        chosen = processed.argmax(dim=-1)
+        # -inf is a legitimate "impossible" logit; NaN and +inf are faults, and make a row's sum NaN or +inf.
+        healthy = logits.sum(dim=-1) < math.inf
+        valid = torch.isfinite(processed.amax(dim=-1)) & healthy
         drawn = [i for i, slot in enumerate(slots) if not self._slots[slot].params.greedy]
-        if drawn:
-            index = torch.tensor(drawn, device=processed.device)
-            generators = [self._slots[slots[i]].generator for i in drawn]
-            chosen = chosen.index_copy(0, index, draw(torch.softmax(processed[index], dim=-1), generators))
+        uniforms = [self._slots[slots[i]].generator.random() for i in drawn]
+        if len(drawn) == len(slots):
+            chosen = draw(torch.softmax(processed, dim=-1), uniforms)
+        else:
+            chosen = processed.argmax(dim=-1)
+            if drawn:
+                index = torch.tensor(drawn, device=processed.device)
+                chosen = chosen.index_copy(0, index, draw(torch.softmax(processed[index], dim=-1), uniforms))
         self._update_mu(processed, slots, chosen)
         # One host synchronisation for the tokens and their validity together.
         tokens, flags = torch.stack([chosen, valid.to(chosen.dtype)]).tolist()
@@ -226,16 +233,11 @@ class Sampler:
         members = [i for i, p in enumerate(params) if p.uses_xtc]
         if not members:
             return logits
-        coins = torch.cat(
-            [
-                torch.ones(1, device=self.device)
-                if params[i].xtc_probability >= 1
-                else torch.rand(1, generator=self._slots[slots[i]].generator, device=self.device)
-                for i in members
-            ]
-        )
-        probabilities = torch.tensor([params[i].xtc_probability for i in members], device=self.device)
-        acts = (coins < probabilities) | (probabilities >= 1)
+        coins = [
+            params[i].xtc_probability >= 1 or self._slots[slots[i]].generator.random() < params[i].xtc_probability
+            for i in members
+        ]
+        acts = torch.tensor(coins, device=self.device)
         index = torch.tensor(members, device=logits.device)
         thresholds = [params[i].xtc_threshold for i in members]
         if token_ids is None:
@@ -349,14 +351,15 @@ def _any_runs(steps: Sequence[str], params: list[SamplingParams]) -> bool:
     return False
 
 
-def draw(probs: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
-    """One token per slot by inverse transform sampling: one uniform number from each slot's own generator, then
-    a batched search of the cumulative distribution (a multinomial call per slot costs milliseconds over a
-    128k vocabulary)."""
-    uniforms = torch.cat([torch.rand(1, generator=g, device=probs.device) for g in generators])
+def draw(probs: torch.Tensor, uniforms: Sequence[float]) -> torch.Tensor:
+    """One token per row by inverse transform sampling: one uniform number in [0, 1) per row (from its slot's own
+    generator), then a batched search of the cumulative distribution (a multinomial call per row costs
+    milliseconds over a 128k vocabulary)."""
+    # Below 1 in float32 too (1 - 2**-24 is float32's largest number under 1).
+    drawn = torch.tensor([min(u, 1 - 2**-24) for u in uniforms], dtype=torch.float32, device=probs.device)
     cumulative = probs.cumsum(dim=-1)
     # right=True lands on the first token whose cumulative mass exceeds the draw: never a zero-probability one.
-    targets = (uniforms * cumulative[:, -1]).unsqueeze(1)
+    targets = (drawn * cumulative[:, -1]).unsqueeze(1)
     return torch.searchsorted(cumulative, targets, right=True).squeeze(1).clamp(max=probs.shape[-1] - 1)
 
 

@@ -97,11 +97,11 @@ class Settings(BaseSettings):
         ge=1,
         description="KV-cache memory for running requests and the prefix cache; unset: from `--memory-fraction`.",
     )
-    static_cache: bool = Field(
-        False,
-        description="Experimental: pre-allocate the running requests' KV cache (an equal share of the KV budget "
-        "per `--max-running` slot, which bounds the context) and, on CUDA, capture the decode step as CUDA graphs "
-        "with torch.compile. Not yet measured on a GPU.",
+    decode_mode: Literal["auto", "eager", "captured"] = Field(
+        "auto",
+        description="Decode steps: `captured` records each batch shape's step once as a CUDA graph and replays it "
+        "(checked against eager at start-up; on any failure the server warns and runs eager), `eager` runs every "
+        "operation each step, `auto` is captured on CUDA and eager on CPU (where there are no graphs to replay).",
     )
     prefill_chunk: int = Field(
         512,

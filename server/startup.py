@@ -44,7 +44,7 @@ def start_engine(state: ServerState, timings: TokenTimings, on_failure: Callable
             request_timeout=settings.request_timeout or None,
             timings=timings,
             log_content=settings.log_content,
-            static_cache=settings.static_cache,
+            decode_mode=settings.decode_mode,
         )
     except ModelLoadError as error:
         log.error("%s", error)

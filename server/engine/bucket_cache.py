@@ -4,12 +4,21 @@ Every row lives in the narrowest bucket that holds its tokens and the one the ne
 about sqrt(2), so a row's memory is at most ~1.4x its real KV (left-padding to the longest chat, as one shared
 tensor does, holds 2.6x for eight roleplay chats of 500 to 12,000 tokens: bench/RESULTS.md). A row that fills its
 bucket moves up to the next one. Rows are left-aligned: a row's positions are columns 0..length-1, its RoPE
-position is its length, and backing off (banned strings) is shortening it. A decode step is still one forward over
-every row: this object is the forward's cache (`update` writes each row's new key and value at its length) and
-tells the attention (server/engine/attention.py) which rows form each bucket, so that each bucket's rows attend
-to their own keys, up to the bucket's longest row.
+position is its length, and backing off (banned strings) is shortening it.
+
+Each bucket is one pre-allocated tensor per layer of `capacity` slots, capacities stepping 1, 2, 3, 4, 6, 8, 12,
+... (batch-size buckets): its rows fill the first slots, and a row that leaves is replaced by the last one, so a
+row's storage never moves while it stays in its bucket. A bucket is re-allocated only when its row count crosses a
+capacity step, and each re-allocation gets a new `generation`: a captured decode step (server/engine/
+decode_graphs.py) is valid for exactly the buckets' (width, capacity, generation) it was captured on.
+
+A decode step is one forward over every row (server/engine/decode_step.py): `advance` lays the rows out bucket by
+bucket (eager: the rows there are; padded: every slot, for a step of fixed shapes), this object is the forward's
+cache (`update` writes each row's new key and value at its length) and tells the attention (server/engine/
+attention.py) which rows form each bucket, so that each bucket's rows attend to their own keys.
 """
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,6 +30,8 @@ from transformers import DynamicCache
 # The narrowest bucket, in tokens; each next one is about sqrt(2) wider, rounded to this multiple.
 FIRST_WIDTH = 256
 WIDTH_MULTIPLE = 64
+
+_generations = itertools.count(1)
 
 
 def bucket_widths(context_length: int) -> list[int]:
@@ -37,13 +48,46 @@ def width_for(tokens: int, widths: Sequence[int]) -> int:
     return next((width for width in widths if width >= tokens), widths[-1])
 
 
+def capacity_for(rows: int) -> int:
+    """Slots a bucket of `rows` rows allocates: 0, or the smallest of 1, 2, 3, 4, 6, 8, 12, 16, 24, ... holding
+    them (so at most a third of a bucket's slots are empty, and few batch shapes occur)."""
+    if rows <= 3:
+        return rows
+    power = 2 ** (rows - 1).bit_length()
+    return power * 3 // 4 if rows <= power * 3 // 4 else power
+
+
 @dataclass
 class _Bucket:
     width: int
-    rows: list[str] = field(default_factory=list)
+    rows: list[str] = field(default_factory=list)  # the first slots' rows, in slot order
     lengths: list[int] = field(default_factory=list)  # real positions of each row
-    keys: list[torch.Tensor] = field(default_factory=list)  # per layer: [rows, kv heads, width, head dim]
+    keys: list[torch.Tensor] = field(default_factory=list)  # per layer: [capacity, kv heads, width, head dim]
     values: list[torch.Tensor] = field(default_factory=list)
+    generation: int = 0
+
+    @property
+    def capacity(self) -> int:
+        return self.keys[0].shape[0] if self.keys else 0
+
+
+class BucketStep(NamedTuple):
+    """One bucket's part of a decode batch."""
+
+    keys: list[torch.Tensor]  # per layer, the bucket's whole tensor
+    values: list[torch.Tensor]
+    start: int  # its first row in the batch
+    count: int  # its rows in the batch (padded: every slot)
+    span: int  # the columns its attention reads
+
+
+class DecodeBatch(NamedTuple):
+    """One decode step's rows, laid out bucket by bucket."""
+
+    index: dict[str, int]  # where each running row sits in the batch
+    inputs: torch.Tensor  # [2, batch] on the CPU: each row's token and position (padding rows: 0, 0)
+    buckets: list[BucketStep]
+    shape: tuple  # what a padded step's shapes and addresses depend on: each bucket's (width, rows, generation)
 
 
 class BucketCheckpoint(NamedTuple):
@@ -60,15 +104,18 @@ class BucketCache:
         self._head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         self.widths = bucket_widths(context_length)
         self._buckets = [_Bucket(width) for width in self.widths]
-        # This step's buckets with rows: (bucket, where each row writes, first row in the batch, span, mask).
-        self._step: list[tuple[_Bucket, torch.Tensor, int, int, torch.Tensor]] = []
+        # Shared by every step: views of these give each bucket's slot numbers and column numbers.
+        self._slot_numbers = torch.arange(0, device=device)
+        self._column_numbers = torch.arange(self.widths[-1], device=device)
+        # This step's buckets: (keys, values, slot numbers, columns each row writes, first row, span, mask).
+        self._step: list[tuple] = []
 
     def __len__(self) -> int:
         return sum(len(bucket.rows) for bucket in self._buckets)
 
     @property
     def rows(self) -> list[str]:
-        """Every row in the order of a decode step's batch: bucket by bucket."""
+        """Every row, bucket by bucket in slot order."""
         return [row for bucket in self._buckets for row in bucket.rows]
 
     @property
@@ -77,15 +124,19 @@ class BucketCache:
 
     @property
     def allocated_tokens(self) -> int:
-        return sum(len(bucket.rows) * bucket.width for bucket in self._buckets)
+        return sum(bucket.capacity * bucket.width for bucket in self._buckets)
 
     def footprint(self, reservations: list[int]) -> int:
-        """KV positions rows of these reservations (see memory.reservation) hold at most: each its bucket's width."""
-        return sum(width_for(tokens + 1, self.widths) for tokens in reservations)
+        """KV positions rows of these reservations (see memory.reservation) hold at most: in each bucket,
+        its capacity for the rows that may reach it times its width."""
+        rows = [0] * len(self.widths)
+        for tokens in reservations:
+            rows[self.widths.index(width_for(tokens + 1, self.widths))] += 1
+        return sum(capacity_for(count) * width for count, width in zip(rows, self.widths, strict=True))
 
     def real_length(self, row_id: str) -> int:
-        bucket, index = self._find(row_id)
-        return bucket.lengths[index]
+        bucket, slot = self._find(row_id)
+        return bucket.lengths[slot]
 
     def join(self, row_id: str, cache: DynamicCache) -> None:
         """Adds a prefilled sequence (its own cache, all positions real)."""
@@ -95,34 +146,25 @@ class BucketCache:
 
     def duplicate(self, source_id: str, row_id: str) -> None:
         """A second sample of a prompt starts from a copy of its row."""
-        bucket, index = self._find(source_id)
-        length = bucket.lengths[index]
-        keys = [k[index : index + 1, :, :length] for k in bucket.keys]
-        values = [v[index : index + 1, :, :length] for v in bucket.values]
-        self._insert(row_id, length, keys, values)
+        bucket, slot = self._find(source_id)
+        self._insert(row_id, bucket.lengths[slot], *self._row(bucket, slot))
 
     def forget_last(self, row_id: str, count: int) -> None:
         """A back-off: the row's last `count` positions go (the next steps overwrite them)."""
-        bucket, index = self._find(row_id)
-        bucket.lengths[index] -= count
+        bucket, slot = self._find(row_id)
+        bucket.lengths[slot] -= count
 
     def extract(self, row_id: str) -> DynamicCache:
         """A standalone cache of one row's positions (for the prefix cache)."""
-        bucket, index = self._find(row_id)
-        length = bucket.lengths[index]
+        bucket, slot = self._find(row_id)
+        length = bucket.lengths[slot]
         extracted = DynamicCache(config=self._config)
-        for layer, (keys, values) in enumerate(zip(bucket.keys, bucket.values, strict=True)):
-            extracted.update(
-                keys[index : index + 1, :, :length].clone(), values[index : index + 1, :, :length].clone(), layer
-            )
+        for layer, (keys, values) in enumerate(zip(*self._row(bucket, slot), strict=True)):
+            extracted.update(keys[:, :, :length].clone(), values[:, :, :length].clone(), layer)
         return extracted
 
     def remove(self, row_id: str) -> None:
-        bucket, index = self._find(row_id)
-        keep = torch.tensor([i for i in range(len(bucket.rows)) if i != index], device=self._device, dtype=torch.long)
-        bucket.keys = [k.index_select(0, keep) for k in bucket.keys]
-        bucket.values = [v.index_select(0, keep) for v in bucket.values]
-        del bucket.rows[index], bucket.lengths[index]
+        self._free(*self._find(row_id))
 
     def checkpoint(self) -> BucketCheckpoint:
         return BucketCheckpoint(
@@ -136,49 +178,63 @@ class BucketCache:
                 checkpoint.lengths.get(row, length) for row, length in zip(bucket.rows, bucket.lengths, strict=True)
             ]
 
-    def step_inputs(self, tokens: dict[str, int]) -> dict:
-        """Model inputs for one decode step of every row: its last token at its position. Rows whose bucket is full
-        move up first."""
+    def advance(self, tokens: dict[str, int], *, padded: bool) -> DecodeBatch:
+        """Lays out one decode step of every row, each fed its token at its position, and counts that position as
+        written. Rows whose bucket is full move up first. `padded`: every slot of a bucket is in the batch (the
+        empty ones write into their own free slot) and its attention reads the bucket's whole width, so that the
+        step's shapes and addresses depend only on `shape`."""
         full = [row for b in self._buckets for row, length in zip(b.rows, b.lengths, strict=True) if length >= b.width]
         for row in full:
             self._move_up(row)
-        rows, positions, self._step = self.rows, [], []
+        index, fed, positions, steps, shape = {}, [], [], [], []
         for bucket in [b for b in self._buckets if b.rows]:
-            columns = torch.tensor(bucket.lengths, device=self._device, dtype=torch.long)
-            positions.extend(bucket.lengths)
+            count = bucket.capacity if padded else len(bucket.rows)
+            empty = count - len(bucket.rows)
+            start = len(fed)
+            index.update({row: start + slot for slot, row in enumerate(bucket.rows)})
+            fed.extend([tokens[row] for row in bucket.rows] + [0] * empty)
+            positions.extend(bucket.lengths + [0] * empty)
             bucket.lengths = [length + 1 for length in bucket.lengths]
-            span = max(bucket.lengths)
-            # Each row attends to its positions and the one this step writes; columns beyond are stale.
-            mask = torch.arange(span, device=self._device) <= columns.unsqueeze(1)
-            self._step.append((bucket, columns, len(positions) - len(bucket.rows), span, mask[:, None, None, :]))
-        return {
-            "input_ids": torch.tensor([[tokens[row]] for row in rows], device=self._device),
-            "position_ids": torch.tensor(positions, device=self._device).unsqueeze(1),
-            # An already prepared (4-D) mask, so that transformers makes none: each bucket's attention masks
-            # its own rows by their lengths.
-            "attention_mask": torch.ones(1, 1, 1, 1, dtype=torch.bool, device=self._device),
-            "cache": self,
-            "bucket_layout": self,
-        }
+            span = bucket.width if padded else max(bucket.lengths)
+            steps.append(BucketStep(bucket.keys, bucket.values, start, count, span))
+            shape.append((bucket.width, count, bucket.generation))
+        widest = max((step.count for step in steps), default=0)
+        if self._slot_numbers.numel() < widest:
+            self._slot_numbers = torch.arange(widest * 2, device=self._device)
+        return DecodeBatch(index, torch.tensor([fed, positions]), steps, tuple(shape))
+
+    def begin_step(self, batch: DecodeBatch, positions: torch.Tensor) -> None:
+        """Prepares the forward of `batch`, whose positions are `positions` on the device: where each row writes,
+        and each bucket's attention mask (each row sees its positions and the one this step writes; columns beyond
+        are stale). Run inside the forward, so that a captured step recomputes them from its inputs."""
+        self._step = []
+        for part in batch.buckets:
+            columns = positions[part.start : part.start + part.count]
+            mask = self._column_numbers[: part.span] <= columns.unsqueeze(1)
+            self._step.append((part, self._slot_numbers[: part.count], columns, mask[:, None, None, :]))
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, **_: object
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Called by each layer of the forward: writes every row's new key and value at its position. What it
         returns is not read (the bucket attention reads the buckets)."""
-        for bucket, columns, start, _, _ in self._step:
-            count = len(bucket.rows)
-            rows = torch.arange(count, device=self._device)
-            bucket.keys[layer_idx][rows, :, columns] = key_states[start : start + count, :, 0].to(self._dtype)
-            bucket.values[layer_idx][rows, :, columns] = value_states[start : start + count, :, 0].to(self._dtype)
+        for part, slots, columns, _ in self._step:
+            rows = slice(part.start, part.start + part.count)
+            part.keys[layer_idx][slots, :, columns] = key_states[rows, :, 0].to(self._dtype)
+            part.values[layer_idx][slots, :, columns] = value_states[rows, :, 0].to(self._dtype)
         return key_states, value_states
 
     def attention_groups(self, layer_idx: int) -> list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """For each bucket with rows in this step: its first row in the batch, and its keys, values and mask up to
-        its longest row ([rows, kv heads, span, head dim] and [rows, 1, 1, span])."""
+        """For each bucket in this step: its first row in the batch, and its keys, values and mask over the columns
+        it reads ([rows, kv heads, span, head dim] and [rows, 1, 1, span])."""
         return [
-            (start, bucket.keys[layer_idx][:, :, :span], bucket.values[layer_idx][:, :, :span], mask)
-            for bucket, _, start, span, mask in self._step
+            (
+                part.start,
+                part.keys[layer_idx][: part.count, :, : part.span],
+                part.values[layer_idx][: part.count, :, : part.span],
+                mask,
+            )
+            for part, _, _, mask in self._step
         ]
 
     def _find(self, row_id: str) -> tuple[_Bucket, int]:
@@ -187,31 +243,60 @@ class BucketCache:
                 return bucket, bucket.rows.index(row_id)
         raise KeyError(row_id)
 
+    def _row(self, bucket: _Bucket, slot: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """A row's keys and values per layer, [1, kv heads, width, head dim] views of its slot."""
+        return [k[slot : slot + 1] for k in bucket.keys], [v[slot : slot + 1] for v in bucket.values]
+
     def _insert(self, row_id: str, length: int, keys: list[torch.Tensor], values: list[torch.Tensor]) -> None:
         """Adds a row of `length` positions (`keys`/`values` per layer, [1, heads, >= length, head dim]) to the
         narrowest bucket holding them and the next one."""
         bucket = self._buckets[self.widths.index(width_for(length + 1, self.widths))]
-        shape = (1, self._heads, bucket.width, self._head_dim)
-        new_keys, new_values = [], []
+        if len(bucket.rows) == bucket.capacity:
+            self._resize(bucket, capacity_for(len(bucket.rows) + 1))
+        slot = len(bucket.rows)
         for layer in range(self._layers):
-            row_keys = torch.zeros(shape, device=self._device, dtype=self._dtype)
-            row_values = torch.zeros(shape, device=self._device, dtype=self._dtype)
-            row_keys[:, :, :length] = keys[layer][:, :, :length]
-            row_values[:, :, :length] = values[layer][:, :, :length]
-            new_keys.append(row_keys)
-            new_values.append(row_values)
-        if bucket.rows:
-            bucket.keys = [torch.cat([old, new]) for old, new in zip(bucket.keys, new_keys, strict=True)]
-            bucket.values = [torch.cat([old, new]) for old, new in zip(bucket.values, new_values, strict=True)]
-        else:
-            bucket.keys, bucket.values = new_keys, new_values
+            bucket.keys[layer][slot, :, :length] = keys[layer][0, :, :length]
+            bucket.values[layer][slot, :, :length] = values[layer][0, :, :length]
         bucket.rows.append(row_id)
         bucket.lengths.append(length)
 
+    def _free(self, bucket: _Bucket, slot: int) -> None:
+        """Frees a slot: the bucket's last row moves into it, and the bucket shrinks when its rows fit a smaller
+        capacity."""
+        last = len(bucket.rows) - 1
+        if slot != last:
+            length = bucket.lengths[last]
+            for tensors in (bucket.keys, bucket.values):
+                for layer in tensors:
+                    layer[slot, :, :length] = layer[last, :, :length]
+            bucket.rows[slot], bucket.lengths[slot] = bucket.rows[last], bucket.lengths[last]
+        del bucket.rows[last], bucket.lengths[last]
+        if capacity_for(len(bucket.rows)) < bucket.capacity:
+            self._resize(bucket, capacity_for(len(bucket.rows)))
+
+    def _resize(self, bucket: _Bucket, capacity: int) -> None:
+        """Re-allocates a bucket for `capacity` slots, keeping its rows; layer by layer, so that the old and the
+        new allocation are held together for one layer at a time."""
+        if capacity == 0:
+            bucket.keys, bucket.values = [], []
+        elif not bucket.keys:
+            bucket.keys = [self._zeros(capacity, bucket.width) for _ in range(self._layers)]
+            bucket.values = [self._zeros(capacity, bucket.width) for _ in range(self._layers)]
+        else:
+            kept = len(bucket.rows)
+            for tensors in (bucket.keys, bucket.values):
+                for layer, old in enumerate(tensors):
+                    resized = self._zeros(capacity, bucket.width)
+                    resized[:kept] = old[:kept]
+                    tensors[layer] = resized
+        bucket.generation = next(_generations)
+
+    def _zeros(self, capacity: int, width: int) -> torch.Tensor:
+        # Zeros, not empty memory: a stale column is masked, and a masked NaN would still poison the sum.
+        return torch.zeros((capacity, self._heads, width, self._head_dim), device=self._device, dtype=self._dtype)
+
     def _move_up(self, row_id: str) -> None:
-        bucket, index = self._find(row_id)
-        length = bucket.lengths[index]
-        keys = [k[index : index + 1] for k in bucket.keys]
-        values = [v[index : index + 1] for v in bucket.values]
-        self.remove(row_id)
-        self._insert(row_id, length, keys, values)
+        """A full row moves to the next bucket (copied there before its slot here is freed)."""
+        bucket, slot = self._find(row_id)
+        self._insert(row_id, bucket.lengths[slot], *self._row(bucket, slot))
+        self._free(bucket, slot)

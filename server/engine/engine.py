@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from sampling import Sampler, SamplingParams
-from server.engine.errors import ModelLoadError
+from server.engine.decode_check import CHECK_STEPS, captured_decode_problem
 from server.engine.handle import GenerationHandle, Outbox
 from server.engine.host_memory import release_free_host_memory
 from server.engine.loader import LoadedModel
@@ -66,8 +66,9 @@ class Engine:
         request_timeout: float | None = None,
         timings: TokenTimings | None = None,
         log_content: bool = False,
-        static_cache: bool = False,
+        decode_mode: str = "eager",
     ) -> None:
+        """`decode_mode`: "eager", "captured" (self-checked, eager when that fails) or "auto" (captured on CUDA)."""
         self.stats = EngineStats()
         self.vocabulary: Vocabulary = loaded.vocabulary
         self.kv_budget = KvBudget.of(
@@ -78,16 +79,13 @@ class Engine:
         self._request_timeout = request_timeout
         self._in_flight = 0
         self._in_flight_lock = threading.Lock()
-        static = None
-        if static_cache:
-            width = self.kv_budget.static_width(max_running, loaded.context_length)
-            if width < 2:
-                raise ModelLoadError("--static-cache: the KV budget leaves no room for a request; raise it")
-            static = (max_running, width)
-            self.context_length = width - 1
+        captured = decode_mode == "captured" or (decode_mode == "auto" and loaded.device.type == "cuda")
         self._runner = ModelRunner(
-            loaded.model, loaded.device, prefix_budget_tokens=self.kv_budget.prefix_tokens, static=static
+            loaded.model, loaded.device, prefix_budget_tokens=self.kv_budget.prefix_tokens, captured=captured
         )
+        if captured:
+            self._check_captured_decode(loaded)
+        self.stats.decode_mode = self._runner.decode_mode
         self._scheduler = Scheduler(
             max_running=max_running,
             prefill_chunk=prefill_chunk,
@@ -160,6 +158,21 @@ class Engine:
     def cancel_all(self, reason: str) -> None:
         """Ends every request at the next step with a retryable error (shutdown after the drain timeout)."""
         self._commands.put(_CancelAll(reason))
+
+    def _check_captured_decode(self, loaded: LoadedModel) -> None:
+        """Serves captured only if a few captured steps give what eager ones give; any failure: eager, warned."""
+        log.info("decode: capturing the decode step and checking it against eager (%d steps)", CHECK_STEPS)
+        config = loaded.model.config
+        try:
+            with torch.inference_mode():
+                problem = captured_decode_problem(self._runner, config.vocab_size, loaded.dtype, self.context_length)
+        except Exception as error:
+            problem = f"{type(error).__name__}: {error}"
+        if problem is None:
+            log.info("decode: captured (self-check passed)")
+            return
+        log.warning("captured decode failed its self-check (%s); serving eager decode steps", problem)
+        self._runner.use_eager()
 
     # The engine thread.
 

@@ -52,11 +52,6 @@ class KvBudget:
         tokens = budget_bytes // bytes_per_token
         return cls(bytes_per_token, tokens, min(prefix_cache_mb * 2**20 // bytes_per_token, tokens))
 
-    def static_width(self, slots: int, context_length: int) -> int:
-        """Columns of each slot of a pre-allocated batch cache: an equal share of what the prefix cache leaves,
-        at most the context (plus the column the next token is written to)."""
-        return min(context_length + 1, (self.tokens - self.prefix_tokens) // slots)
-
 
 def kv_bytes_per_token(config: object, dtype: torch.dtype) -> int:
     """Bytes of KV cache one token takes: keys and values of every layer."""

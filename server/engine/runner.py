@@ -1,10 +1,11 @@
 """Runs the model forward passes: prefill of a prompt, then one batched decode step for every running sequence.
 
 A prompt is prefilled on its own cache (starting from the longest cached prefix), in chunks so that a long prompt
-does not stall the running streams, then joins the shared batch cache; each decode step is one forward over all
-rows.
+does not stall the running streams, then joins the bucketed batch cache; each decode step is one forward over all
+rows, eager or captured (one CUDA graph per padded batch shape: server/engine/decode_graphs.py).
 """
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -12,9 +13,12 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from server.engine.attention import use_engine_attention
-from server.engine.bucket_cache import BucketCache
+from server.engine.bucket_cache import BucketCache, DecodeBatch
+from server.engine.decode_graphs import CaptureFailed, DecodeGraphs
+from server.engine.decode_step import DecodeStep
 from server.engine.prefix_cache import PrefixCache
-from server.engine.static_batch_cache import StaticBatchCache
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -28,33 +32,27 @@ class _Prefill:
 
 class ModelRunner:
     def __init__(
-        self,
-        model: PreTrainedModel,
-        device: torch.device,
-        prefix_budget_tokens: int,
-        static: tuple[int, int] | None = None,
-        compile_decode: bool | None = None,
+        self, model: PreTrainedModel, device: torch.device, prefix_budget_tokens: int, *, captured: bool = False
     ) -> None:
-        """`static`: (slots, width) of a pre-allocated batch cache. Its decode step is then compiled
-        (`compile_decode`, by default on CUDA only), and on CUDA captured as CUDA graphs."""
+        """`captured`: decode steps run as captured graphs of padded batches (on the CPU: the same padded step,
+        uncaptured); `use_eager` turns that off."""
         self._model = model
         self._device = device
         use_engine_attention(model)
-        self._batch: BucketCache | StaticBatchCache = BucketCache(
-            model.config, device, model.dtype, model.config.max_position_embeddings
-        )
-        self._decode_forward = model
-        if static is not None:
-            slots, width = static
-            self._batch = StaticBatchCache(model.config, device, model.dtype, slots=slots, width=width)
-            if compile_decode if compile_decode is not None else device.type == "cuda":
-                # Same shapes and addresses every step: one graph, which on CUDA is captured and replayed.
-                mode = "reduce-overhead" if device.type == "cuda" else "default"
-                self._decode_forward = torch.compile(model, mode=mode, dynamic=False)
+        self._batch = BucketCache(model.config, device, model.dtype, model.config.max_position_embeddings)
+        self._step = DecodeStep(model, self._batch, device)
+        self._graphs = DecodeGraphs(self._step, device) if captured else None
         self._pending: dict[str, _Prefill] = {}
         self._prefixes = PrefixCache(prefix_budget_tokens)
         self.prefilled_tokens = 0
         self.reused_tokens = 0
+
+    @property
+    def decode_mode(self) -> str:
+        return "eager" if self._graphs is None else "captured"
+
+    def use_eager(self) -> None:
+        self._graphs = None
 
     @property
     def prefix_cache(self) -> PrefixCache:
@@ -105,17 +103,39 @@ class ModelRunner:
     def decode(self, steps: Sequence[tuple[str, int]]) -> torch.Tensor:
         """One forward for every sequence in the batch, each fed its last token; logits in the order of `steps`
         (which must name every running sequence)."""
+        try:
+            return self._decode(steps, captured=self._graphs is not None)
+        except CaptureFailed as failure:
+            log.warning("%s; decode steps run eager from now on", failure)
+            self.use_eager()
+            return self._decode(steps, captured=False)
+
+    def compare_decode(self, steps: Sequence[tuple[str, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same decode step eager and captured, from the same cache: (eager, captured logits); the step
+        counts once. Raises CaptureFailed."""
+        checkpoint = self._batch.checkpoint()
+        eager = self._decode(steps, captured=False)
+        self._batch.restore(checkpoint)
+        return eager, self._decode(steps, captured=True)
+
+    def _decode(self, steps: Sequence[tuple[str, int]], *, captured: bool) -> torch.Tensor:
         tokens = dict(steps)
         if set(tokens) != set(self._batch.row_ids):
             raise RuntimeError("a decode step must advance every sequence in the batch")
         checkpoint = self._batch.checkpoint()
         try:
-            output = self._decode_forward(**self._batch.step_inputs(tokens), use_cache=True, logits_to_keep=1)
+            batch, logits = self._forward(tokens, captured=captured)
         except BaseException:
             self._batch.restore(checkpoint)  # so that the rows that are not at fault can go on
             raise
-        index = torch.tensor(order_of(self._batch.rows, [sequence_id for sequence_id, _ in steps]), device=self._device)
-        return output.logits[:, -1].index_select(0, index)
+        index = torch.tensor([batch.index[sequence_id] for sequence_id, _ in steps], device=self._device)
+        return logits.index_select(0, index)
+
+    def _forward(self, tokens: dict[str, int], *, captured: bool) -> tuple[DecodeBatch, torch.Tensor]:
+        batch = self._batch.advance(tokens, padded=captured)
+        if captured:
+            return batch, self._graphs.run(batch)
+        return batch, self._step(batch, batch.inputs.to(self._device))
 
     def fork(self, source_id: str, sequence_id: str) -> None:
         """A second sample of the same prompt starts from a copy of the prompt's row: no second prefill."""
@@ -134,9 +154,3 @@ class ModelRunner:
         if keep and self._batch.real_length(sequence_id) == len(token_ids):
             self._prefixes.put(tuple(token_ids), self._batch.extract(sequence_id))
         self._batch.remove(sequence_id)
-
-
-def order_of(rows: Sequence[str], wanted: Sequence[str]) -> list[int]:
-    """Where each of `wanted` sits among `rows`."""
-    where = {row: index for index, row in enumerate(rows)}
-    return [where[row] for row in wanted]

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 @dataclass
 class EngineStats:
+    decode_mode: str = "eager"  # "captured" or "eager" (what the self-check left, whatever was asked)
     running: int = 0
     waiting: int = 0
     running_caches: int = 0  # KV caches held for running requests and prompts being prefilled (not the prefix cache)

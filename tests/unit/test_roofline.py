@@ -5,7 +5,15 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-from bench.roofline import LAUNCH_SECONDS, count_step, kv_token_bytes, narrow, predicted_row, weight_bytes
+from bench.roofline import (
+    CAPTURED_RUN_LAUNCHES,
+    LAUNCH_SECONDS,
+    count_step,
+    kv_token_bytes,
+    narrow,
+    predicted_row,
+    weight_bytes,
+)
 
 TINY = {
     "vocab_size": 10,
@@ -27,32 +35,38 @@ def test_weights_and_kv_bytes_by_hand():
 
 
 def test_predicted_step_by_hand():
-    # A context of 64 makes one bucket of 65 positions: both rows hold 65 columns, and read up to the longer row
-    # (5) plus the column the step writes: 12 columns read.
-    buckets = predicted_row("t", "buckets", [3, 5], launches=100, sampling=10, config=TINY, width=None)
-    assert (buckets.kv_read_bytes, buckets.kv_allocated_bytes, buckets.real_kv_bytes) == (12 * 16, 130 * 16, 8 * 16)
-    assert buckets.launches_outside_graph == 110
-    assert buckets.predicted_ms == pytest.approx(((600 + 192) / 3e12 + 110 * LAUNCH_SECONDS) * 1000)
-    assert buckets.ceiling_ms == pytest.approx((600 + 128) / 3e12 * 1000)
-    # With Llama-3.1-8B's context the two rows of 300 and 1,000 tokens sit in buckets of 384 and 1,216.
-    wide = predicted_row(
-        "t",
-        "buckets",
-        [300, 1000],
-        launches=0,
-        sampling=0,
-        config={**TINY, "max_position_embeddings": 131072},
-        width=None,
-    )
-    assert (wide.kv_read_bytes, wide.kv_allocated_bytes) == ((301 + 1001) * 16, (384 + 1216) * 16)
-    static = predicted_row("t", "static", [3, 5], launches=20, sampling=10, config=TINY, width=40)
-    assert (static.kv_read_bytes, static.kv_allocated_bytes) == (2 * 40 * 16, 2 * 40 * 16)
+    # A context of 64 makes one bucket of 65 positions; two rows take a capacity of 2 slots: 130 columns held.
+    # Eager, they read up to the longer row (5) plus the column the step writes: 12 columns read.
+    eager = predicted_row("t", "eager", [3, 5], launches=100, sampling=10, config=TINY)
+    assert (eager.kv_read_bytes, eager.kv_allocated_bytes, eager.real_kv_bytes) == (12 * 16, 130 * 16, 8 * 16)
+    assert eager.launches_outside_graph == 110
+    assert eager.predicted_ms == pytest.approx(((600 + 192) / 3e12 + 110 * LAUNCH_SECONDS) * 1000)
+    assert eager.ceiling_ms == pytest.approx((600 + 128) / 3e12 * 1000)
+    # Captured, every slot reads the whole width; five rows take a capacity of 6.
+    captured = predicted_row("t", "captured", [3, 5], launches=5, sampling=10, config=TINY)
+    assert (captured.kv_read_bytes, captured.kv_allocated_bytes) == (130 * 16, 130 * 16)
+    five = predicted_row("t", "captured", [1, 2, 3, 4, 5], launches=5, sampling=10, config=TINY)
+    assert (five.kv_read_bytes, five.kv_allocated_bytes) == (6 * 65 * 16, 6 * 65 * 16)
+    # With Llama-3.1-8B's context the rows of 300, 1,000 and 1,100 tokens sit in buckets of 384 and 1,216.
+    wide = {**TINY, "max_position_embeddings": 131072}
+    eager = predicted_row("t", "eager", [300, 1000, 1100], launches=0, sampling=0, config=wide)
+    assert (eager.kv_read_bytes, eager.kv_allocated_bytes) == ((301 + 2 * 1101) * 16, (384 + 2 * 1216) * 16)
+    captured = predicted_row("t", "captured", [300, 1000, 1100], launches=0, sampling=0, config=wide)
+    assert captured.kv_read_bytes == captured.kv_allocated_bytes == (384 + 2 * 1216) * 16
 
 
-def test_launches_grow_by_a_fixed_count_per_layer():
-    counts = []
-    for layers in (2, 3, 4):
-        torch.manual_seed(0)
-        model = LlamaForCausalLM(narrow({**TINY, "num_attention_heads": 4, "num_key_value_heads": 2}, layers)).eval()
-        counts.append(count_step(model, [5, 9], static=None))
+def tiny_model(layers: int) -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    return LlamaForCausalLM(narrow({**TINY, "num_attention_heads": 4, "num_key_value_heads": 2}, layers)).eval()
+
+
+def test_eager_launches_grow_by_a_fixed_count_per_layer():
+    counts = [count_step(tiny_model(layers), [5, 9], captured=False) for layers in (2, 3, 4)]
     assert counts[1] - counts[0] == counts[2] - counts[1] > 0
+
+
+@pytest.mark.parametrize("layers", [2, 4])
+def test_a_captured_step_launches_the_same_few_operations_at_any_depth(layers):
+    # Outside the graph: the step's [2, rows] input tensor made, its copy into the graph's input and the replay,
+    # the tensor of where each request's row sits and the selection of those rows from the graph's logits.
+    assert count_step(tiny_model(layers), [5, 9, 40], captured=True) == 1 + CAPTURED_RUN_LAUNCHES + 2
