@@ -2,7 +2,7 @@
 (bench/stub_server.py: fixed logits, greedy), so everything else is measured: the engine loop, the sampling
 chain, detokenizing, stop scanning, SSE over HTTP. A load generator in another process streams N requests at
 once and counts the tokens delivered; the engine's time per step outside the (stub) forward and the sampling
-chain comes from the server itself.
+chain comes from the server itself (its engine counters in /health).
 
     .venv/bin/python -m bench.frontend [--streams 1 8 32 64] [--tokens 400] [--out FILE]
 
@@ -51,13 +51,13 @@ def load(url: str, streams: int, tokens: int, results: multiprocessing.Queue) ->
 
 
 def measure(server: ServerProcess, streams: int, tokens: int) -> dict:
-    before = httpx.get(f"{server.url}/stub/timings").json()
+    before = server.health()
     results: multiprocessing.Queue = multiprocessing.get_context("spawn").Queue()
     process = multiprocessing.get_context("spawn").Process(target=load, args=(server.url, streams, tokens, results))
     process.start()
     delivered, seconds = results.get()
     process.join()
-    after = httpx.get(f"{server.url}/stub/timings").json()
+    after = server.health()
     steps = after["steps"] - before["steps"]
     spent = {name: after[name] - before[name] for name in ("step_seconds", "forward_seconds", "sampling_seconds")}
     outside = spent["step_seconds"] - spent["forward_seconds"] - spent["sampling_seconds"]

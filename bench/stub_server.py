@@ -1,22 +1,16 @@
 """The real server with a model whose forward costs nothing: every forward returns the same logits, whose top
 token is an ordinary word, so the engine, the sampling chain, detokenizing, stop scanning, SSE and HTTP all run
-for real around it. The engine thread's time is split into the (stubbed) forwards, the sampling chain and the
-rest, readable at `GET /stub/timings`. Run as `python -m bench.stub_server [server flags]` (for bench/frontend.py).
+for real around it. Run as `python -m bench.stub_server [server flags]` (for bench/frontend.py): the engine's
+process imports this module too (multiprocessing's spawn runs the main module again), where the patches apply.
 """
 
 import sys
-import time
 
 import torch
-from fastapi import FastAPI
 
-from sampling import Sampler
-from server import app as app_module
 from server import cli
-from server.engine.engine import Engine
 from server.engine.runner import ModelRunner
 
-TIMINGS = {"steps": 0, "step_seconds": 0.0, "forward_seconds": 0.0, "sampling_seconds": 0.0}
 _logits: dict[int, torch.Tensor] = {}
 
 
@@ -31,12 +25,10 @@ def _fixed_logits(runner: ModelRunner, rows: int) -> torch.Tensor:
 
 
 def _prefill_chunk(runner: ModelRunner, sequence_id: str, budget: int) -> torch.Tensor | None:
-    started = time.perf_counter()
     pending = runner._pending[sequence_id]
     pending.done = len(pending.token_ids)
     del runner._pending[sequence_id]
     runner._batch.join(sequence_id, _empty_cache(runner))
-    TIMINGS["forward_seconds"] += time.perf_counter() - started
     return _fixed_logits(runner, 1)[0]
 
 
@@ -53,39 +45,11 @@ def _empty_cache(runner: ModelRunner) -> object:
 
 
 def _decode(runner: ModelRunner, steps: list) -> torch.Tensor:
-    started = time.perf_counter()
-    logits = _fixed_logits(runner, len(steps))
-    TIMINGS["forward_seconds"] += time.perf_counter() - started
-    return logits
+    return _fixed_logits(runner, len(steps))
 
 
 def _crop(runner: ModelRunner, sequence_id: str, length: int) -> None:
     """Nothing to crop: the stub keeps no real cache."""
-
-
-def _sample(sampler: Sampler, *args: object, **kwargs: object) -> list:
-    started = time.perf_counter()
-    try:
-        return original_sample(sampler, *args, **kwargs)
-    finally:
-        TIMINGS["sampling_seconds"] += time.perf_counter() - started
-
-
-def _step(engine: Engine) -> None:
-    started = time.perf_counter()
-    original_step(engine)
-    TIMINGS["steps"] += 1
-    TIMINGS["step_seconds"] += time.perf_counter() - started
-
-
-def _create_app(*args: object, **kwargs: object) -> FastAPI:
-    app = original_create_app(*args, **kwargs)
-
-    @app.get("/stub/timings")
-    async def timings() -> dict:
-        return dict(TIMINGS)
-
-    return app
 
 
 WORD_ID = 260  # a plain word piece of the embedded model's vocabulary (see bench/frontend.py)
@@ -93,10 +57,6 @@ WORD_ID = 260  # a plain word piece of the embedded model's vocabulary (see benc
 ModelRunner.prefill_chunk = _prefill_chunk
 ModelRunner.decode = _decode
 ModelRunner.crop = _crop
-original_sample, Sampler.sample = Sampler.sample, _sample
-original_step, Engine._step = Engine._step, _step
-original_create_app, app_module.create_app = app_module.create_app, _create_app
-cli.create_app = _create_app
 
 if __name__ == "__main__":
     sys.exit(cli.main())

@@ -129,13 +129,14 @@ class Sampler:
         processed = self.process(logits, slots, bans)
         # -inf is a legitimate "impossible" logit; NaN and +inf are faults, and make a row's sum NaN or +inf.
         healthy = logits.sum(dim=-1) < math.inf
-        valid = torch.isfinite(processed.amax(dim=-1)) & healthy
         drawn = [i for i, slot in enumerate(slots) if not self._slots[slot].params.greedy]
         uniforms = [self._slots[slots[i]].generator.random() for i in drawn]
         if len(drawn) == len(slots):
+            valid = torch.isfinite(processed.amax(dim=-1)) & healthy
             chosen = draw(torch.softmax(processed, dim=-1), uniforms)
         else:
-            chosen = processed.argmax(dim=-1)
+            best, chosen = processed.max(dim=-1)  # the arg-max and whether anything is possible, in one pass
+            valid = torch.isfinite(best) & healthy
             if drawn:
                 index = torch.tensor(drawn, device=processed.device)
                 chosen = chosen.index_copy(0, index, draw(torch.softmax(processed[index], dim=-1), uniforms))

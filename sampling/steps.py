@@ -31,7 +31,8 @@ class Step:
 STEPS: dict[str, Step] = {
     "top_k": Step(lambda p: p.top_k > 0, lambda x, ps: mask_top_k(x, [p.top_k for p in ps])),
     "top_p": Step(lambda p: p.top_p < 1, lambda x, ps: mask_top_p(x, [p.top_p for p in ps])),
-    "min_p": Step(lambda p: p.min_p > 0, lambda x, ps: mask_min_p(x, [p.min_p for p in ps])),
+    # Min-p keeps every token of the top probability: a greedy row's pick is the same without it.
+    "min_p": Step(lambda p: p.min_p > 0 and not p.greedy, lambda x, ps: mask_min_p(x, [p.min_p for p in ps])),
     "top_n_sigma": Step(lambda p: p.top_n_sigma > 0, lambda x, ps: mask_top_n_sigma(x, [p.top_n_sigma for p in ps])),
     "typical_p": Step(lambda p: p.typical_p < 1, lambda x, ps: mask_typical(x, [p.typical_p for p in ps])),
     "tfs": Step(lambda p: p.tfs < 1, lambda x, ps: mask_tail_free(x, [p.tfs for p in ps])),

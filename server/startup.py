@@ -1,13 +1,12 @@
-"""Start-up: the model loaded and the engine started in the background, so the port opens at once and /health
-can tell "starting" from "dead"."""
+"""Start-up: the engine process started and its model loaded in the background, so the port opens at once and
+/health can tell "starting" from "dead"."""
 
 import logging
 from collections.abc import Callable
 
-from server.engine.engine import Engine
+from server.engine.engine_process import EngineOptions, EngineProcess
 from server.engine.errors import ModelLoadError
-from server.engine.loader import ModelSpec, load
-from server.engine.memory import kv_budget_bytes
+from server.engine.loader import ModelSpec
 from server.engine.timings import TokenTimings
 from server.settings import Settings
 from server.state import ServerState
@@ -31,27 +30,25 @@ def start_engine(state: ServerState, timings: TokenTimings, on_failure: Callable
     """Loads the model, starts the engine and hands it to `state`; a model that cannot be loaded is logged and
     reported to `on_failure`."""
     settings = state.settings
+    options = EngineOptions(
+        max_running=settings.max_running,
+        prefix_cache_mb=settings.prefix_cache_mb,
+        kv_cache_mb=settings.kv_cache_mb,
+        memory_fraction=settings.memory_fraction,
+        prefill_chunk=settings.prefill_chunk,
+        request_timeout=settings.request_timeout or None,
+        log_content=settings.log_content,
+        decode_mode=settings.decode_mode,
+        log_level=settings.log_level,
+    )
+    engine = EngineProcess(model_spec(settings), options, timings)
     try:
-        loaded = load(model_spec(settings))
-        engine = Engine(
-            loaded,
-            max_running=settings.max_running,
-            prefix_cache_mb=settings.prefix_cache_mb,
-            kv_budget_bytes=settings.kv_cache_mb * 2**20
-            if settings.kv_cache_mb
-            else kv_budget_bytes(loaded.device, settings.memory_fraction),
-            prefill_chunk=settings.prefill_chunk,
-            request_timeout=settings.request_timeout or None,
-            timings=timings,
-            log_content=settings.log_content,
-            decode_mode=settings.decode_mode,
-        )
+        engine.start()
     except ModelLoadError as error:
         log.error("%s", error)
         if on_failure is not None:
             on_failure(str(error))
         return
-    engine.start()
     state.engine = engine
     budget = engine.kv_budget
     log.info(

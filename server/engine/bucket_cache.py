@@ -186,6 +186,9 @@ class BucketCache:
         full = [row for b in self._buckets for row, length in zip(b.rows, b.lengths, strict=True) if length >= b.width]
         for row in full:
             self._move_up(row)
+        for bucket in self._buckets:
+            if capacity_for(len(bucket.rows)) < bucket.capacity:
+                self._resize(bucket, capacity_for(len(bucket.rows)))
         index, fed, positions, steps, shape = {}, [], [], [], []
         for bucket in [b for b in self._buckets if b.rows]:
             count = bucket.capacity if padded else len(bucket.rows)
@@ -261,8 +264,9 @@ class BucketCache:
         bucket.lengths.append(length)
 
     def _free(self, bucket: _Bucket, slot: int) -> None:
-        """Frees a slot: the bucket's last row moves into it, and the bucket shrinks when its rows fit a smaller
-        capacity."""
+        """Frees a slot: the bucket's last row moves into it. An emptied bucket lets its memory go at once; one
+        whose rows now fit a smaller capacity shrinks before the next step (`advance`), once however many rows
+        left meanwhile."""
         last = len(bucket.rows) - 1
         if slot != last:
             length = bucket.lengths[last]
@@ -271,29 +275,32 @@ class BucketCache:
                     layer[slot, :, :length] = layer[last, :, :length]
             bucket.rows[slot], bucket.lengths[slot] = bucket.rows[last], bucket.lengths[last]
         del bucket.rows[last], bucket.lengths[last]
-        if capacity_for(len(bucket.rows)) < bucket.capacity:
-            self._resize(bucket, capacity_for(len(bucket.rows)))
+        if not bucket.rows:
+            self._resize(bucket, 0)
 
     def _resize(self, bucket: _Bucket, capacity: int) -> None:
         """Re-allocates a bucket for `capacity` slots, keeping its rows; layer by layer, so that the old and the
         new allocation are held together for one layer at a time."""
+        kept = min(len(bucket.rows), capacity)
         if capacity == 0:
             bucket.keys, bucket.values = [], []
         elif not bucket.keys:
-            bucket.keys = [self._zeros(capacity, bucket.width) for _ in range(self._layers)]
-            bucket.values = [self._zeros(capacity, bucket.width) for _ in range(self._layers)]
+            bucket.keys = [self._resized(None, 0, capacity, bucket.width) for _ in range(self._layers)]
+            bucket.values = [self._resized(None, 0, capacity, bucket.width) for _ in range(self._layers)]
         else:
-            kept = len(bucket.rows)
             for tensors in (bucket.keys, bucket.values):
                 for layer, old in enumerate(tensors):
-                    resized = self._zeros(capacity, bucket.width)
-                    resized[:kept] = old[:kept]
-                    tensors[layer] = resized
+                    tensors[layer] = self._resized(old, kept, capacity, bucket.width)
         bucket.generation = next(_generations)
 
-    def _zeros(self, capacity: int, width: int) -> torch.Tensor:
-        # Zeros, not empty memory: a stale column is masked, and a masked NaN would still poison the sum.
-        return torch.zeros((capacity, self._heads, width, self._head_dim), device=self._device, dtype=self._dtype)
+    def _resized(self, old: torch.Tensor | None, kept: int, capacity: int, width: int) -> torch.Tensor:
+        resized = torch.empty((capacity, self._heads, width, self._head_dim), device=self._device, dtype=self._dtype)
+        if old is not None:
+            resized[:kept] = old[:kept]
+        # Zeros, not leftover memory, in the free slots: a stale column is masked, but a masked NaN would still
+        # poison the attention's sum.
+        resized[kept:].zero_()
+        return resized
 
     def _move_up(self, row_id: str) -> None:
         """A full row moves to the next bucket (copied there before its slot here is freed)."""

@@ -19,7 +19,7 @@ import torch
 
 from sampling import Sampler, SamplingParams
 from server.engine.decode_check import CHECK_STEPS, captured_decode_problem
-from server.engine.handle import GenerationHandle, Outbox
+from server.engine.handle import GenerationHandle, Outbox, OutputSink
 from server.engine.host_memory import release_free_host_memory
 from server.engine.loader import LoadedModel
 from server.engine.memory import KvBudget, kv_bytes_per_token, reservation
@@ -67,8 +67,10 @@ class Engine:
         timings: TokenTimings | None = None,
         log_content: bool = False,
         decode_mode: str = "eager",
+        outputs: OutputSink | None = None,
     ) -> None:
-        """`decode_mode`: "eager", "captured" (self-checked, eager when that fails) or "auto" (captured on CUDA)."""
+        """`decode_mode`: "eager", "captured" (self-checked, eager when that fails) or "auto" (captured on CUDA).
+        `outputs`: where requests' outputs go (by default to their handles' event loops, see `submit`)."""
         self.stats = EngineStats()
         self.vocabulary: Vocabulary = loaded.vocabulary
         self.kv_budget = KvBudget.of(
@@ -93,7 +95,7 @@ class Engine:
             prefix_cache=self._runner.prefix_cache,
             footprint=self._runner.footprint,
         )
-        self._outbox = Outbox()
+        self._outbox = outputs or Outbox()
         self._outputs = OutputProcessor(self.vocabulary, self.context_length, self._outbox, timings, log_content)
         self._sampler = Sampler(
             slots=max_running,
@@ -130,14 +132,18 @@ class Engine:
         """Queues the samples of one prompt (several when n > 1: admitted together, sharing one prefill); each
         handle receives its sample's outputs on the calling event loop."""
         loop = asyncio.get_running_loop()
+        handles = [GenerationHandle(request.sample_id, loop, self.abort) for request in requests]
+        self.enqueue(requests, handles)
+        return handles
+
+    def enqueue(self, requests: list[GenerationRequest], handles: list[object]) -> None:
+        """`submit` for any output sink: each request's outputs go to the sink with its handle."""
         with self._in_flight_lock:
             self._in_flight += len(requests)
         group = requests[0].sample_id if len(requests) > 1 else None
         now = time.monotonic()
         deadline = now + self._request_timeout if self._request_timeout else None
-        handles = []
-        for request in requests:
-            handle = GenerationHandle(request.sample_id, loop, self.abort)
+        for request, handle in zip(requests, handles, strict=True):
             state = RequestState(
                 request=request,
                 handle=handle,
@@ -148,8 +154,6 @@ class Engine:
                 reservation=reservation(len(request.prompt_ids), request.max_tokens, self.context_length),
             )
             self._commands.put(_Add(state))
-            handles.append(handle)
-        return handles
 
     def abort(self, sample_id: str) -> None:
         """Ends a sample at the next step; it receives what it has generated so far, finish reason "stop"."""
@@ -217,6 +221,7 @@ class Engine:
             self._update_stats()
 
     def _step(self) -> None:
+        started = time.perf_counter()
         plan = self._scheduler.schedule()
         for state in plan.expired:
             self._expire(state)
@@ -230,7 +235,9 @@ class Engine:
             logits.extend([first.unsqueeze(0)] * len(group))
             stepped.extend(group)
         if stepped:
-            self._sample_and_advance(torch.cat(logits), stepped)
+            self._sample_and_advance(logits[0] if len(logits) == 1 else torch.cat(logits), stepped)
+        self.stats.steps += 1
+        self.stats.step_seconds += time.perf_counter() - started
         self._update_stats()
 
     def _start(self, group: list[RequestState]) -> None:
@@ -242,6 +249,7 @@ class Engine:
     def _decode(self, decoding: list[RequestState]) -> torch.Tensor | None:
         """The batched decode forward; None when it failed, after failing the requests at fault (the others retry
         at the next step: the runner has rolled the batch cache back)."""
+        started = time.perf_counter()
         try:
             return self._runner.decode([(s.id, s.last_token) for s in decoding])
         except torch.OutOfMemoryError:
@@ -254,6 +262,8 @@ class Engine:
             log.exception("decode step failed")
             self._fail(decoding, str(error))
             return None
+        finally:
+            self.stats.forward_seconds += time.perf_counter() - started
 
     def _prefill(self, budget: int) -> list[tuple[list[RequestState], torch.Tensor]]:
         """Prefills the waiting prompts in order within `budget` tokens; each group whose prompt is done joins the
@@ -265,6 +275,7 @@ class Engine:
             if not self._runner.is_prefilling(group[0].id):  # its leader left: the next sample leads
                 self._runner.start_prefill(group[0].id, group[0].request.prompt_ids)
             spent = min(budget, self._runner.prefill_remaining(group[0].id))
+            started = time.perf_counter()
             try:
                 first = self._runner.prefill_chunk(group[0].id, budget)
             except Exception as error:  # this prompt alone: its own cache, its own forward
@@ -272,6 +283,8 @@ class Engine:
                     log.exception("prefill of request %s failed", group[0].id)
                 self._fail(group, "out of memory" if isinstance(error, torch.OutOfMemoryError) else str(error))
                 continue
+            finally:
+                self.stats.forward_seconds += time.perf_counter() - started
             budget -= spent
             if first is None:
                 break
@@ -307,6 +320,7 @@ class Engine:
         raised (found by sampling row by row after the batched call raised)."""
         slots = [s.sampler_slot for s in stepped]
         bans = [s.guard.bans_for(len(s.output_ids)) if s.guard else frozenset() for s in stepped]
+        started = time.perf_counter()
         try:
             drawn = self._sampler.sample(logits, slots, bans)
         except Exception:
@@ -317,6 +331,7 @@ class Engine:
                     drawn.extend(self._sampler.sample(logits[i : i + 1], [slot], [bans[i]]))
                 except Exception as error:
                     drawn.append(f"sampling failed: {error}")
+        self.stats.sampling_seconds += time.perf_counter() - started
         invalid = "the model produced invalid logits (NaN or infinity) for this request"
         return [invalid if token is None else token for token in drawn]
 

@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 from collections.abc import Callable
+from typing import Protocol
 
 from server.engine.request import GenerationOutput
 
@@ -36,6 +37,15 @@ class GenerationHandle:
         if not self._finished:
             self._finished = True
             self._abort(self.sample_id)
+
+
+class OutputSink(Protocol):
+    """Where the engine thread puts each request's outputs (`handle`: what it was given for that request), and
+    hands on what a step produced in one go."""
+
+    def put(self, handle: object, output: GenerationOutput) -> None: ...
+
+    def flush(self) -> None: ...
 
 
 class Outbox:

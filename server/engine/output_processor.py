@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from server.engine.detokenizer import IncrementalDetokenizer
-from server.engine.handle import Outbox
+from server.engine.handle import OutputSink
 from server.engine.request import FinishReason, GenerationError, TokenLogprob
 from server.engine.request_state import RequestState
 from server.engine.timings import TokenTimings
@@ -45,7 +45,7 @@ class OutputProcessor:
         self,
         vocabulary: Vocabulary,
         context_length: int,
-        outbox: Outbox,
+        outbox: OutputSink,
         timings: TokenTimings | None,
         log_content: bool,
     ) -> None:

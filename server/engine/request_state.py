@@ -4,7 +4,6 @@ from dataclasses import dataclass, field
 
 from server.engine.banned import BannedStringGuard
 from server.engine.detokenizer import IncrementalDetokenizer
-from server.engine.handle import GenerationHandle
 from server.engine.request import FinishReason, GenerationError, GenerationOutput, GenerationRequest, TokenLogprob
 from server.engine.stops import StopMatcher
 
@@ -12,7 +11,7 @@ from server.engine.stops import StopMatcher
 @dataclass(eq=False)  # identity, not field equality: each running request is one object
 class RequestState:
     request: GenerationRequest
-    handle: GenerationHandle
+    handle: object  # what the engine's output sink delivers this request's outputs to
     detokenizer: IncrementalDetokenizer
     group: str | None = None  # samples of one prompt (n > 1) share its prefill
     sampler_slot: int = -1  # its slot in the sampler, once admitted

@@ -1,4 +1,5 @@
-"""The engine's counters, read by /health and /metrics; written only by the engine thread."""
+"""The engine's counters, read by /health and /metrics; written only by the engine thread (in the
+engine process; the server's copy comes up with each step)."""
 
 from dataclasses import dataclass
 
@@ -19,3 +20,9 @@ class EngineStats:
     batch_cache_tokens: int = 0  # KV positions allocated for the running requests, padding included
     failed_requests: int = 0
     timed_out_requests: int = 0
+    # The engine's host time: its steps, and within them the model's forwards and the sampling chain (on a GPU,
+    # the time to launch their work, and for sampling also to wait for the step's tokens).
+    steps: int = 0
+    step_seconds: float = 0.0
+    forward_seconds: float = 0.0
+    sampling_seconds: float = 0.0

@@ -68,7 +68,7 @@ class ModelReplica:
                 await asyncio.wait_for(asyncio.shield(app), timeout=5)
 
     def check_health(self) -> None:
-        """Ray restarts a replica whose engine thread died."""
+        """Ray restarts a replica whose engine died."""
         engine = self._app.state.server.engine
         if engine is None or not engine.alive:
             raise RuntimeError("the engine is not running")

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from fastapi import Request
 
 from sampling import SamplingParams, SamplingParamsError
-from server.engine.engine import Engine
+from server.engine.engine_process import EngineProcess
 from server.engine.request import GenerationRequest
 from server.errors import APIError
 from server.protocol.generation import GenerationOptions
@@ -61,7 +61,7 @@ def check_limits(options: GenerationOptions, fields: SamplerFields) -> None:
         raise APIError(400, f"banned_strings: each at most {MAX_STOP_LENGTH} characters.", param="banned_strings")
 
 
-def check_admission(samples: int, state: ServerState, engine: Engine) -> None:
+def check_admission(samples: int, state: ServerState, engine: EngineProcess) -> None:
     """400 for more samples than run at once; 429 when the queue is full."""
     settings = state.settings
     if samples > settings.max_running:
@@ -78,7 +78,7 @@ def check_admission(samples: int, state: ServerState, engine: Engine) -> None:
         )
 
 
-def check_prompt(prompt_ids: Sequence[int], engine: Engine) -> None:
+def check_prompt(prompt_ids: Sequence[int], engine: EngineProcess) -> None:
     if not prompt_ids:
         raise APIError(400, "The prompt is empty: it must hold at least one token.", param="prompt")
     outside = engine.vocabulary.outside(prompt_ids)
@@ -86,7 +86,7 @@ def check_prompt(prompt_ids: Sequence[int], engine: Engine) -> None:
         raise APIError(400, f"prompt: token id {outside[0]} is not in the vocabulary.", param="prompt")
 
 
-def sampling_params(fields: SamplerFields, state: ServerState, engine: Engine) -> SamplingParams:
+def sampling_params(fields: SamplerFields, state: ServerState, engine: EngineProcess) -> SamplingParams:
     """The request's sampler values over the server's defaults (under its forced values), checked against the
     vocabulary."""
     try:
@@ -101,7 +101,7 @@ def sampling_params(fields: SamplerFields, state: ServerState, engine: Engine) -
     return dataclasses.replace(params, banned_token_ids=params.banned_token_ids - frozenset(unknown))
 
 
-def context_room(prompt_tokens: int, max_tokens: int | None, engine: Engine) -> int:
+def context_room(prompt_tokens: int, max_tokens: int | None, engine: EngineProcess) -> int:
     """Tokens the context leaves after the prompt; 400 `context_length_exceeded` when that is not enough."""
     room = engine.context_length - prompt_tokens
     if room < 1 or (max_tokens is not None and max_tokens > room):
@@ -132,7 +132,7 @@ def samples_of(base: GenerationRequest, samples: int) -> list[GenerationRequest]
 
 
 def truncated_left(
-    prompt_ids: list[int], truncation_length: int | None, max_tokens: int | None, engine: Engine
+    prompt_ids: list[int], truncation_length: int | None, max_tokens: int | None, engine: EngineProcess
 ) -> list[int]:
     """text-generation-webui's `truncation_length`: the prompt's last tokens, BOS kept first, so that prompt and
     `max_tokens` fit in it."""

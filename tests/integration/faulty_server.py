@@ -1,5 +1,6 @@
 """The real server with faults injected into the requests whose prompt names one, to prove that a fault stays
-with its request. Run as `python -m tests.integration.faulty_server [server flags]`.
+with its request. Run as `python -m tests.integration.faulty_server [server flags]`: the engine's process imports
+this module too (multiprocessing's spawn runs the main module again), so the patches apply on both sides.
 
 A prompt containing `FAULT:<kind>` gets, from its third generated token on:
 - `nan`: NaN logits from the model for its row;
@@ -17,6 +18,7 @@ import torch
 from sampling import Sampler
 from server import cli
 from server.engine.engine import Engine
+from server.engine.engine_process import EngineProcess
 from server.engine.runner import ModelRunner
 
 FAULT = re.compile(r"FAULT:([a-z-]+)")
@@ -27,14 +29,20 @@ generated: dict[str, int] = {}  # decode steps seen per faulty sequence
 sampler_slots: dict[int, int] = {}  # sampler slot of a `sampler` fault -> times it was sampled
 
 
-def _submit(engine: Engine, requests: list) -> list:
+def _submit(engine: EngineProcess, requests: list) -> list:
+    """In the server's process."""
+    if any("FAULT:unexpected" in engine.vocabulary.decode(request.prompt_ids) for request in requests):
+        raise RuntimeError("injected: an unexpected error")
+    return original_submit(engine, requests)
+
+
+def _enqueue(engine: Engine, requests: list, handles: list) -> None:
+    """In the engine's process, as everything below."""
     for request in requests:
         found = FAULT.search(engine.vocabulary.decode(request.prompt_ids))
         if found:
             faulty[request.sample_id] = found.group(1)
-        if found and found.group(1) == "unexpected":
-            raise RuntimeError("injected: an unexpected error")
-    return original_submit(engine, requests)
+    original_enqueue(engine, requests, handles)
 
 
 def _start(engine: Engine, group: list) -> None:
@@ -89,7 +97,8 @@ def _remove(sampler: Sampler, slot: int) -> None:
     original_remove(sampler, slot)
 
 
-original_submit, Engine.submit = Engine.submit, _submit
+original_submit, EngineProcess.submit = EngineProcess.submit, _submit
+original_enqueue, Engine.enqueue = Engine.enqueue, _enqueue
 original_start, Engine._start = Engine._start, _start
 original_prefill_chunk, ModelRunner.prefill_chunk = ModelRunner.prefill_chunk, _prefill_chunk
 original_decode, ModelRunner.decode = ModelRunner.decode, _decode

@@ -55,6 +55,7 @@ def test_rows_join_extract_and_leave_exactly():
     cache.forget_last("c", 10)
     assert cache.real_length("c") == 290
     cache.remove("b")
+    cache.advance({"a": 0, "c": 0}, padded=False)
     assert cache.rows == ["a", "c"] and cache.allocated_tokens == 256 + 384
     with pytest.raises(KeyError):
         cache.real_length("b")
@@ -91,13 +92,19 @@ def test_a_bucket_grows_and_shrinks_by_capacity_steps_and_a_leaving_row_makes_ro
     assert [shape[0][:2] for shape in generations] == [(256, 1), (256, 2), (256, 3), (256, 4), (256, 6)]
     assert len({shape[0][2] for shape in generations}) == 5
     cache.remove("b")
-    assert cache.rows == ["a", "e", "c", "d"] and cache.allocated_tokens == 4 * 256
+    assert cache.rows == ["a", "e", "c", "d"] and cache.allocated_tokens == 6 * 256  # until the next step
+    cache.advance({n: 0 for n in cache.rows}, padded=True)
+    assert cache.allocated_tokens == 4 * 256
     for name in "acd":
         extracted = cache.extract(name)
         for mine, theirs in zip(extracted.layers, rows[name].layers, strict=True):
             assert torch.equal(mine.keys[:, :, : theirs.keys.shape[2]], theirs.keys)
     cache.remove("a")
+    cache.advance({n: 0 for n in cache.rows}, padded=True)
     assert cache.rows == ["d", "e", "c"] and cache.allocated_tokens == 3 * 256
+    for name in "dec":
+        cache.remove(name)
+    assert cache.allocated_tokens == 0  # an emptied bucket lets go at once
 
 
 def test_a_padded_batch_feeds_every_slot_and_an_eager_one_only_the_rows():
