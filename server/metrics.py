@@ -74,6 +74,23 @@ class _EngineCollector(Collector):
         yield CounterMetricFamily(
             "rpserve_timed_out_requests", "Requests ended by --request-timeout.", value=stats.timed_out_requests
         )
+        yield CounterMetricFamily("rpserve_engine_steps", "Engine steps run.", value=stats.steps)
+        if (resident := engine.resident_bytes()) is not None:
+            yield GaugeMetricFamily(
+                "rpserve_engine_resident_memory_bytes",
+                "Resident memory of the engine's process (process_resident_memory_bytes is the HTTP server's).",
+                value=resident,
+            )
+        seconds = CounterMetricFamily(
+            "rpserve_engine_seconds",
+            "The engine's host time in its steps, by part: the model's forwards, the sampling chain, and the rest "
+            "(scheduling, detokenizing, stop scanning).",
+            labels=["part"],
+        )
+        seconds.add_metric(["forward"], stats.forward_seconds)
+        seconds.add_metric(["sampling"], stats.sampling_seconds)
+        seconds.add_metric(["other"], stats.step_seconds - stats.forward_seconds - stats.sampling_seconds)
+        yield seconds
         looked_up = stats.prefilled_tokens + stats.reused_tokens
         yield GaugeMetricFamily(
             "rpserve_prefix_cache_hit_ratio",

@@ -104,8 +104,7 @@ class BucketCache:
         self._head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         self.widths = bucket_widths(context_length)
         self._buckets = [_Bucket(width) for width in self.widths]
-        # Shared by every step: views of these give each bucket's slot numbers and column numbers.
-        self._slot_numbers = torch.arange(0, device=device)
+        # Views of this give each bucket's column numbers. It never changes, so a captured step may read it.
         self._column_numbers = torch.arange(self.widths[-1], device=device)
         # This step's buckets: (keys, values, slot numbers, columns each row writes, first row, span, mask).
         self._step: list[tuple] = []
@@ -201,9 +200,6 @@ class BucketCache:
             span = bucket.width if padded else max(bucket.lengths)
             steps.append(BucketStep(bucket.keys, bucket.values, start, count, span))
             shape.append((bucket.width, count, bucket.generation))
-        widest = max((step.count for step in steps), default=0)
-        if self._slot_numbers.numel() < widest:
-            self._slot_numbers = torch.arange(widest * 2, device=self._device)
         return DecodeBatch(index, torch.tensor([fed, positions]), steps, tuple(shape))
 
     def begin_step(self, batch: DecodeBatch, positions: torch.Tensor) -> None:
@@ -214,7 +210,8 @@ class BucketCache:
         for part in batch.buckets:
             columns = positions[part.start : part.start + part.count]
             mask = self._column_numbers[: part.span] <= columns.unsqueeze(1)
-            self._step.append((part, self._slot_numbers[: part.count], columns, mask[:, None, None, :]))
+            slots = torch.arange(part.count, device=self._device)
+            self._step.append((part, slots, columns, mask[:, None, None, :]))
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, **_: object

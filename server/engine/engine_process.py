@@ -19,15 +19,17 @@ import atexit
 import contextlib
 import logging
 import multiprocessing
+import os
 import signal
 import threading
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
+from pathlib import Path
 
 from server.engine.engine import Engine
 from server.engine.errors import ModelLoadError
-from server.engine.handle import GenerationHandle
+from server.engine.handle import GenerationHandle, deliver_all
 from server.engine.loader import ModelSpec, load
 from server.engine.memory import KvBudget, kv_budget_bytes
 from server.engine.request import GenerationError, GenerationOutput, GenerationRequest
@@ -110,6 +112,14 @@ class EngineProcess:
         self.stats = ready.stats
         self._reader = threading.Thread(target=self._read, name="engine-results", daemon=True)
         self._reader.start()
+
+    def resident_bytes(self) -> int | None:
+        """The child's resident memory, where /proc tells it."""
+        try:
+            pages = int(Path(f"/proc/{self._process.pid}/statm").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            return None
+        return pages * os.sysconf("SC_PAGE_SIZE")
 
     @property
     def alive(self) -> bool:
@@ -204,12 +214,7 @@ class EngineProcess:
                 by_loop[handle.loop].append((handle, output))
         for loop, delivered in by_loop.items():
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
-                loop.call_soon_threadsafe(_deliver_all, delivered)
-
-
-def _deliver_all(outputs: list[tuple[GenerationHandle, GenerationOutput]]) -> None:
-    for handle, output in outputs:
-        handle.deliver(output)
+                loop.call_soon_threadsafe(deliver_all, delivered)
 
 
 class _StepSender:

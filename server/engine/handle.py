@@ -65,9 +65,10 @@ class Outbox:
         for loop, outputs in pending.items():
             # A closed event loop raises RuntimeError: then nobody is waiting any more.
             with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_deliver_all, outputs)
+                loop.call_soon_threadsafe(deliver_all, outputs)
 
 
-def _deliver_all(outputs: list[tuple[GenerationHandle, GenerationOutput]]) -> None:
+def deliver_all(outputs: list[tuple[GenerationHandle, GenerationOutput]]) -> None:
+    """Run on the handles' event loop."""
     for handle, output in outputs:
         handle.deliver(output)

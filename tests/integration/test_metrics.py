@@ -41,6 +41,10 @@ def test_metrics_count_requests_tokens_and_latencies(client, server):
     assert sample(text, "rpserve_kv_cache_bytes", 'use="running"') == 0
     assert sample(text, "rpserve_kv_cache_bytes", 'use="prefix_cache"') > 0
     assert sample(text, "process_resident_memory_bytes") > 0
+    assert sample(text, "rpserve_engine_resident_memory_bytes") > 0
+    assert grew("rpserve_engine_steps_total") >= 11
+    assert grew("rpserve_engine_seconds_total", 'part="forward"') > 0
+    assert grew("rpserve_engine_seconds_total", 'part="sampling"') > 0
     # Unknown paths are counted under one label, not one series per path.
     client.get("/no/such/path/123")
     assert 'route="unmatched",status="404"' in client.get("/metrics").text
