@@ -49,18 +49,23 @@ class TokenHistories:
         self.is_breaker[row, :length] = torch.tensor(breaker_flags, dtype=torch.bool)
         self.lengths[row] = length
 
-    def append(self, rows: Sequence[int], tokens: torch.Tensor, breaker_flags: Sequence[bool]) -> None:
-        """Appends one token to each row (rows full to capacity keep their last token)."""
+    def append(
+        self, rows: Sequence[int], tokens: torch.Tensor, breaker_flags: Sequence[bool], *, matches: bool = True
+    ) -> None:
+        """Appends one token to each row (rows full to capacity keep their last token). `matches`: update DRY's
+        match lengths too; without it they go stale, which is right only for rows that never use DRY (the
+        update walks each row's whole history: the costliest part of a step on a CPU)."""
         slots = [min(self.lengths[r], self.capacity - 1) for r in rows]
         # One tensor (one copy on a GPU) for the rows, their positions and their breaker flags.
         index, positions, flags = torch.tensor([rows, slots, list(breaker_flags)], device=self.device)
-        width = max(slots) + 1  # from host-side lengths: no device synchronisation
-        history = self.tokens.index_select(0, index)[:, :width]
-        previous = self.match.index_select(0, index)[:, :width]
-        shifted = torch.nn.functional.pad(previous[:, :-1], (1, 0))
-        columns = self.columns[:width]
-        updated = torch.where((history == tokens.unsqueeze(1)) & (columns < positions.unsqueeze(1)), shifted + 1, 0)
-        self.match[index, :width] = updated
+        if matches:
+            width = max(slots) + 1  # from host-side lengths: no device synchronisation
+            history = self.tokens.index_select(0, index)[:, :width]
+            previous = self.match.index_select(0, index)[:, :width]
+            shifted = torch.nn.functional.pad(previous[:, :-1], (1, 0))
+            columns = self.columns[:width]
+            current = (history == tokens.unsqueeze(1)) & (columns < positions.unsqueeze(1))
+            self.match[index, :width] = torch.where(current, shifted + 1, 0)
         self.tokens[index, positions] = tokens
         self.is_breaker[index, positions] = flags.bool()
         for r in rows:

@@ -335,7 +335,10 @@ class Sampler:
                 if head is not None:
                     end = self._histories.lengths[slot]  # the position the token is about to take
                     state.occurrences.append((end - (len(state.recent) - 1 - head), end))
-        self._histories.append(slots, chosen, flags)
+        # DRY's match lengths only when a row here uses DRY (a slot's parameters never change, so the others'
+        # are never read; a rewind recomputes them).
+        uses_dry = any(self._slots[slot].params.uses_dry for slot in slots)
+        self._histories.append(slots, chosen, flags, matches=uses_dry)
 
 
 def _any_runs(steps: Sequence[str], params: list[SamplingParams]) -> bool:

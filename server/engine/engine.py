@@ -5,6 +5,9 @@ admitted ones, advance every prefilled request by one token in one batched forwa
 step's budget, sample all rows in one batched call, and let the output processor turn each token into text for
 its request. Commands (new requests, aborts) take effect between steps. A fault fails only the requests it
 concerns; the others go on.
+
+The server runs it inside the engine process (engine_process.py: `enqueue`, outputs sent up a pipe); `submit`
+delivers to asyncio handles in this process instead (bench/gpu.py measures it so, without the pipe).
 """
 
 import asyncio

@@ -142,7 +142,8 @@ class EngineProcess:
                     handle.deliver(failed)
                 return handles
             self._handles.update({handle.sample_id: handle for handle in handles})
-            self._commands.send(("add", requests))
+            with contextlib.suppress(OSError):  # the child just died: the reader fails these with the rest
+                self._commands.send(("add", requests))
         return handles
 
     def abort(self, sample_id: str) -> None:

@@ -1,4 +1,6 @@
-"""The async channel between the engine thread and the one HTTP handler waiting for a request's outputs."""
+"""The async channel between the engine and the one HTTP handler waiting for a request's outputs: filled from the
+engine process's reader thread (server/engine/engine_process.py), or from the engine thread itself when an
+`Engine` runs in this process."""
 
 import asyncio
 import contextlib
@@ -9,7 +11,7 @@ from server.engine.request import GenerationOutput
 
 
 class GenerationHandle:
-    """Async iterator of one request's outputs. The engine thread delivers; the event loop consumes. Cancelling
+    """Async iterator of one request's outputs. The engine side delivers; the event loop consumes. Cancelling
     (or leaving the iteration early) asks the engine to drop the request at its next step."""
 
     def __init__(self, sample_id: str, loop: asyncio.AbstractEventLoop, abort: Callable[[str], None]) -> None:

@@ -218,3 +218,27 @@ def test_incremental_updates_match_the_definition(history, split, allowed_length
     slow = reference_dry(history, vocab=VOCAB, tokenize=tokenize, sequence_breakers=breakers, **options)
     assert fast.keys() == slow.keys()
     assert all(math.isclose(fast[t], slow[t], rel_tol=1e-5) for t in fast)
+
+
+def test_steps_of_rows_without_dry_leave_the_rows_with_it_exact():
+    """A step of rows that all go without DRY skips the match-length update; a row with DRY, in the next step
+    it takes part in, still gets the penalties of the definition."""
+    history = ids(*"abcabcabxabcabca")
+    options = CARD | {"allowed_length": 2, "penalty_last_n": 0}
+    params = SamplingParams(
+        temperature=0, dry_multiplier=options["multiplier"], dry_base=options["base"], dry_allowed_length=2
+    )
+    sampler = Sampler(slots=2, capacity=len(history) + 16, vocab=VOCAB, tokenize=tokenize)
+    plain = sampler.add(ids(*"abab"), SamplingParams(temperature=0, dry_multiplier=0))
+    row = sampler.add(history[:4], params)
+    for step, token in enumerate(history[4:]):
+        if step % 2:
+            assert sampler.sample(forced(1), [plain]) == [1]  # the row without DRY, alone
+        assert sampler.sample(torch.cat([forced(0), forced(token)]), [plain, row])[1] == token
+    penalty = sampler.dry_penalties([row])
+    fast = {int(t): float(penalty[0, t]) for t in penalty[0].nonzero().flatten()}
+    slow = reference_dry(
+        history, vocab=VOCAB, tokenize=tokenize, sequence_breakers=params.dry_sequence_breakers, **options
+    )
+    assert fast and fast.keys() == slow.keys()
+    assert all(math.isclose(fast[t], slow[t], rel_tol=1e-5) for t in fast)
