@@ -106,7 +106,7 @@ class BucketCache:
         self._buckets = [_Bucket(width) for width in self.widths]
         # Views of this give each bucket's column numbers. It never changes, so a captured step may read it.
         self._column_numbers = torch.arange(self.widths[-1], device=device)
-        # This step's buckets: (keys, values, slot numbers, columns each row writes, first row, span, mask).
+        # This step's buckets: (their BucketStep, slot numbers, the column each row writes, attention mask).
         self._step: list[tuple] = []
 
     def __len__(self) -> int:
@@ -116,10 +116,6 @@ class BucketCache:
     def rows(self) -> list[str]:
         """Every row, bucket by bucket in slot order."""
         return [row for bucket in self._buckets for row in bucket.rows]
-
-    @property
-    def row_ids(self) -> list[str]:
-        return self.rows
 
     @property
     def allocated_tokens(self) -> int:

@@ -44,9 +44,6 @@ class DecodeGraphs:
         self._graphs: OrderedDict[tuple, _Graph] = OrderedDict()
         self._pool: tuple | None = None
 
-    def __len__(self) -> int:
-        return len(self._graphs)
-
     def run(self, batch: DecodeBatch) -> torch.Tensor:
         """The padded `batch`'s logits, from its graph (captured now if its shape is new). The logits tensor is
         the graph's own: read it before the next step."""

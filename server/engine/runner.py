@@ -120,7 +120,7 @@ class ModelRunner:
 
     def _decode(self, steps: Sequence[tuple[str, int]], *, captured: bool) -> torch.Tensor:
         tokens = dict(steps)
-        if set(tokens) != set(self._batch.row_ids):
+        if set(tokens) != set(self._batch.rows):
             raise RuntimeError("a decode step must advance every sequence in the batch")
         checkpoint = self._batch.checkpoint()
         try:
@@ -148,7 +148,7 @@ class ModelRunner:
     def release(self, sequence_id: str, token_ids: Sequence[int] | None = None) -> None:
         """Frees a sequence's rows, keeping its cache for later prompts when `token_ids` (what it holds) are given."""
         self._pending.pop(sequence_id, None)
-        if sequence_id not in self._batch.row_ids:
+        if sequence_id not in self._batch.rows:
             return
         keep = token_ids is not None and self._prefixes.budget_tokens > 0
         if keep and self._batch.real_length(sequence_id) == len(token_ids):
