@@ -30,13 +30,14 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from bench.roofline import LLAMA_3_1_8B, PATHS, SCENARIOS, count_step, predicted_row, time_step
 from sampling import SamplingParams
-from server.engine.decode_check import captured_decode_problem
 from server.engine.engine import Engine
-from server.engine.loader import LoadedModel
-from server.engine.memory import kv_budget_bytes, kv_bytes_per_token
+from server.engine.forward.runner import ModelRunner
+from server.engine.forward.self_check import captured_decode_problem
+from server.engine.kv.budget import kv_bytes_per_token
+from server.engine.model.loader import LoadedModel
+from server.engine.options import EngineOptions
 from server.engine.request import GenerationRequest
-from server.engine.runner import ModelRunner
-from server.engine.vocabulary import Vocabulary
+from server.engine.text.vocabulary import Vocabulary
 
 TINY = {
     **LLAMA_3_1_8B,
@@ -177,13 +178,8 @@ def ceiling(weight_bytes: int, kv_per_token: int, streams: int, context: int, ba
 
 
 def new_engine(loaded: LoadedModel, max_running: int, decode_mode: str = "auto") -> Engine:
-    engine = Engine(
-        loaded,
-        max_running=max_running,
-        prefix_cache_mb=0,  # every measurement is cold
-        kv_budget_bytes=kv_budget_bytes(loaded.device, 0.9),
-        decode_mode=decode_mode,
-    )
+    # No prefix cache: every measurement is cold.
+    engine = Engine(loaded, EngineOptions(max_running=max_running, prefix_cache_mb=0, decode_mode=decode_mode))
     engine.start()
     return engine
 
@@ -265,7 +261,7 @@ def main() -> None:
     bandwidth = copy_bandwidth(device, 4 if device.type == "cuda" else 0.5)
     loaded = build(args.size, device, dtype)
     weight_bytes = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
-    kv_per_token = kv_bytes_per_token(loaded.model.config, loaded.dtype)
+    kv_per_token = kv_bytes_per_token(loaded.model.config, loaded.dtype.itemsize)
     rows = []
 
     def row(name: str, streams: int, context: int, ours_value: float, generate_value: float | None) -> None:

@@ -18,7 +18,8 @@ import torch
 from transformers import DynamicCache
 
 from bench.serve import new_turn, roleplay_history
-from server.engine.loader import ModelSpec, load
+from server.engine.model.loader import load
+from server.engine.options import ModelSpec
 
 
 @torch.inference_mode()

@@ -35,12 +35,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
 from bench.sampling import llama3_tokenizer
-from sampling import Sampler, SamplingParams
-from server.engine.bucket_cache import bucket_widths, capacity_for, width_for
-from server.engine.decode_graphs import DecodeGraphs
-from server.engine.detokenizer import token_bytes_table, token_texts
-from server.engine.memory import kv_bytes_per_token
-from server.engine.runner import ModelRunner
+from sampling import SamplingParams
+from sampling.sampler import Sampler
+from server.engine.forward.decode_graphs import DecodeGraphs
+from server.engine.forward.runner import ModelRunner
+from server.engine.kv.bucket_cache import bucket_widths, capacity_for, width_for
+from server.engine.kv.budget import kv_bytes_per_token
+from server.engine.text.detokenizer import token_bytes_table, token_texts
 
 LLAMA_3_1_8B = {
     "hidden_size": 4096,
@@ -123,7 +124,7 @@ def weight_bytes(config: dict) -> int:
 
 
 def kv_token_bytes(config: dict) -> int:
-    return kv_bytes_per_token(LlamaConfig(**config), torch.bfloat16)
+    return kv_bytes_per_token(LlamaConfig(**config), torch.bfloat16.itemsize)
 
 
 class LaunchCounter(TorchDispatchMode):

@@ -22,8 +22,9 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
-from sampling import Sampler, SamplingParams
-from server.engine.detokenizer import token_bytes_table, token_texts
+from sampling import SamplingParams
+from sampling.sampler import Sampler
+from server.engine.text.detokenizer import token_bytes_table, token_texts
 from tests.dry_reference import reference_breakers, reference_dry_with
 
 WORDS = ["the", "keeper", "said", "lamp", "sea", "ships", "rocks", "night", "fog", "old", "book", "light"]

@@ -9,33 +9,33 @@ import sys
 import torch
 
 from server import cli
-from server.engine.runner import ModelRunner
+from server.engine.forward.runner import ModelRunner
 
 _logits: dict[int, torch.Tensor] = {}
 
 
 def _fixed_logits(runner: ModelRunner, rows: int) -> torch.Tensor:
-    vocab = runner._model.get_output_embeddings().weight.shape[0]
+    vocab = runner.model.get_output_embeddings().weight.shape[0]
     if vocab not in _logits:
         logits = torch.zeros(vocab)
-        logits[runner._model.config.bos_token_id or 0] = -100.0
+        logits[runner.model.config.bos_token_id or 0] = -100.0
         logits[WORD_ID] = 10.0  # greedy picks it every time
         _logits[vocab] = logits
     return _logits[vocab].expand(rows, -1).contiguous()  # a fresh tensor, as a forward returns
 
 
-def _prefill_chunk(runner: ModelRunner, sequence_id: str, budget: int) -> torch.Tensor | None:
-    pending = runner._pending[sequence_id]
+def _prefill_chunk(runner: ModelRunner, sample_id: str, budget: int) -> torch.Tensor | None:
+    pending = runner._pending[sample_id]
     pending.done = len(pending.token_ids)
-    del runner._pending[sequence_id]
-    runner._batch.join(sequence_id, _empty_cache(runner))
+    del runner._pending[sample_id]
+    runner._batch.join(sample_id, _empty_cache(runner))
     return _fixed_logits(runner, 1)[0]
 
 
 def _empty_cache(runner: ModelRunner) -> object:
     from transformers import DynamicCache
 
-    config = runner._model.config
+    config = runner.model.config
     cache = DynamicCache(config=config)
     heads = config.num_key_value_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
@@ -48,15 +48,15 @@ def _decode(runner: ModelRunner, steps: list) -> torch.Tensor:
     return _fixed_logits(runner, len(steps))
 
 
-def _crop(runner: ModelRunner, sequence_id: str, length: int) -> None:
-    """Nothing to crop: the stub keeps no real cache."""
+def _truncate(runner: ModelRunner, sample_id: str, length: int) -> None:
+    """Nothing to truncate: the stub keeps no real cache."""
 
 
 WORD_ID = 260  # a plain word piece of the embedded model's vocabulary (see bench/frontend.py)
 
 ModelRunner.prefill_chunk = _prefill_chunk
 ModelRunner.decode = _decode
-ModelRunner.crop = _crop
+ModelRunner.truncate = _truncate
 
 if __name__ == "__main__":
     sys.exit(cli.main())

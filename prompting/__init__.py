@@ -1,10 +1,9 @@
 """The `::::` roleplay format, in pure Python (no torch): rendering, validation, parsing."""
 
 from prompting.conversation import DEFAULT_OPENING, Character, Message, Setting
-from prompting.format_check import format_problems
-from prompting.labels import LABEL_MARK, NEXT_TURN, STOP_STRING, drop_reply_space, ends_with_label_space, label
+from prompting.labels import LABEL_MARK, NEXT_TURN, STOP_STRING, drop_label_space, ends_with_label_space, label
 from prompting.parse import parse_turns
-from prompting.render import RenderedPrompt, conversation_text, render_prompt
+from prompting.render import RenderedPrompt, render_prompt
 from prompting.validation import PromptError
 
 __all__ = [
@@ -17,10 +16,8 @@ __all__ = [
     "PromptError",
     "RenderedPrompt",
     "Setting",
-    "conversation_text",
-    "drop_reply_space",
+    "drop_label_space",
     "ends_with_label_space",
-    "format_problems",
     "label",
     "parse_turns",
     "render_prompt",

@@ -26,7 +26,7 @@ def ends_with_label_space(prompt: str) -> bool:
     return _TRAILING_LABEL.search(prompt) is not None
 
 
-def drop_reply_space(text: str) -> str:
+def drop_label_space(text: str) -> str:
     """The reply as the model writes it after a label that ends at its colon: the first word carries the label's
     space (Llama-3 tokenises `": Hello"` as `":"` + `" Hello"`); the reply itself does not."""
     return text.removeprefix(" ")

@@ -8,7 +8,7 @@ complete label; content is stripped of surrounding whitespace so that stays exac
 The prompt ends with the speaker's label *at its colon*, without the space: with the Llama-3 tokenizer a text
 ending in `": "` ends in a lone space token that never preceded a word in training (`": Hello"` is `":"` +
 `" Hello"`). Ending at the colon makes the prompt's tokens a prefix of the whole conversation's tokens once the
-reply is appended with its space; the reply's first token carries that space, and `drop_reply_space` removes it
+reply is appended with its space; the reply's first token carries that space, and `drop_label_space` removes it
 from the text returned to the client.
 """
 
@@ -44,11 +44,6 @@ def render_prompt(
     turns.extend(turn_text(message) for message in messages)
     turns.append(label("assistant", speaker))
     return RenderedPrompt(text=TURN_SEPARATOR.join(turns), speaker=speaker)
-
-
-def conversation_text(prompt: RenderedPrompt, reply: str) -> str:
-    """The whole conversation once `reply` is the speaker's turn (the counterpart of `drop_reply_space`)."""
-    return f"{prompt.text} {reply}"
 
 
 def turn_text(message: Message) -> str:

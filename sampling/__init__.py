@@ -1,7 +1,8 @@
-"""Per-request sampling parameters and the batched sampling chain (torch only)."""
+"""Per-request sampling parameters (`sampling.params`, pure Python) and the batched sampling chain
+(`sampling.sampler`, torch): importing the package brings only the parameters, so the HTTP process that validates
+them never loads torch."""
 
 from sampling.order import DEFAULT_ORDER, UnknownSamplerError
 from sampling.params import SamplingParams, SamplingParamsError
-from sampling.sampler import Sampler, probabilities
 
-__all__ = ["DEFAULT_ORDER", "Sampler", "SamplingParams", "SamplingParamsError", "UnknownSamplerError", "probabilities"]
+__all__ = ["DEFAULT_ORDER", "SamplingParams", "SamplingParamsError", "UnknownSamplerError"]

@@ -76,10 +76,6 @@ class Sampler:
         self._mu = torch.zeros(slots, device=self.device)
         self._mu_before = torch.zeros(slots, capacity + 1, device=self.device)
 
-    @property
-    def active_slots(self) -> int:
-        return len(self._slots)
-
     def prepare_breakers(self, breakers: Sequence[str]) -> None:
         """Analyses a breaker list ahead of the first request that uses it (it walks the whole vocabulary)."""
         self._breakers.get(breakers)
@@ -377,16 +373,3 @@ def _last_occurrences(history: Sequence[int], breakers: BreakerAnalysis, count: 
             if len(found) == count:
                 break
     return found
-
-
-def probabilities(
-    logits: torch.Tensor, history: Sequence[int], params: SamplingParams, *, vocab: Sequence[str], tokenize: Tokenize
-) -> torch.Tensor:
-    """The distribution one sequence's next token is drawn from after `history`, through the whole chain; for
-    temperature 0, all the mass on the arg-max."""
-    sampler = Sampler(slots=1, capacity=max(len(history), 1), vocab=vocab, tokenize=tokenize, device=logits.device)
-    slot = sampler.add(history, params)
-    processed = sampler.process(logits.reshape(1, -1), [slot])[0]
-    if params.greedy:
-        return torch.nn.functional.one_hot(processed.argmax(), processed.numel()).to(torch.float32)
-    return torch.softmax(processed, dim=-1)

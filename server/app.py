@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from server.engine.loader import served_name
+from server.engine.options import served_name
 from server.errors import install_error_handlers
 from server.metrics import Metrics
 from server.middleware.auth import ApiKey
@@ -26,8 +26,9 @@ from server.startup import model_spec, start_engine
 from server.state import ServerState
 
 
-def create_app(settings: Settings, on_load_failure: Callable[[str], None] | None = None) -> FastAPI:
-    """Raises PresetError for an unusable sampling preset file."""
+def create_app(settings: Settings, on_engine_failure: Callable[[str], None] | None = None) -> FastAPI:
+    """Raises PresetError for an unusable sampling preset file, ModelLoadError for a device named wrong.
+    `on_engine_failure`: told when the model cannot be loaded, or the engine died and will not be restarted."""
     state = ServerState(
         settings=settings,
         model_name=served_name(model_spec(settings)),
@@ -39,7 +40,7 @@ def create_app(settings: Settings, on_load_failure: Callable[[str], None] | None
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         # A daemon thread, so that stopping during a slow first load does not wait for it.
         loader = threading.Thread(
-            target=start_engine, args=(state, metrics, on_load_failure), name="model-loader", daemon=True
+            target=start_engine, args=(state, metrics, on_engine_failure), name="model-loader", daemon=True
         )
         loader.start()
         yield

@@ -11,8 +11,7 @@ import uvicorn
 from sse_starlette.sse import AppStatus
 
 from server.app import create_app
-from server.engine.errors import ModelLoadError
-from server.engine.loader import resolve_device
+from server.engine.options import ModelLoadError
 from server.sampling_preset import PresetError
 from server.settings import command_line_settings
 from server.state import ServerState
@@ -62,21 +61,19 @@ def main(argv: list[str] | None = None) -> int:
     if settings is None:
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        resolve_device(settings.device)
-    except ModelLoadError as error:
-        print(f"rpserve: error: {error}", file=sys.stderr)
-        return 1
-
     failures: list[str] = []
     server: _Server
 
-    def stop_on_load_failure(message: str) -> None:
+    def stop_on_engine_failure(message: str) -> None:
+        """The model cannot be loaded, or the engine died and will not be restarted: the server exits 1."""
         failures.append(message)
         server.should_exit = True
 
     try:
-        app = create_app(settings, on_load_failure=stop_on_load_failure)
+        app = create_app(settings, on_engine_failure=stop_on_engine_failure)
+    except ModelLoadError as error:
+        print(f"rpserve: error: {error}", file=sys.stderr)
+        return 1
     except PresetError as error:
         print(f"rpserve: error: {error}", file=sys.stderr)
         return 2

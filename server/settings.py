@@ -8,7 +8,7 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from prompting import STOP_STRING
-from server.engine.default_model import default_cache_dir
+from server.engine.options import default_cache_dir
 
 ENV_PREFIX = "RPSERVE_"
 

@@ -4,10 +4,9 @@
 import logging
 from collections.abc import Callable
 
-from server.engine.engine_process import EngineOptions, EngineProcess
-from server.engine.errors import ModelLoadError
-from server.engine.loader import ModelSpec
-from server.engine.timings import TokenTimings
+from server.engine.client import EngineClient
+from server.engine.options import EngineOptions, ModelLoadError, ModelSpec
+from server.engine.stats import TokenTimings
 from server.settings import Settings
 from server.state import ServerState
 
@@ -15,6 +14,7 @@ log = logging.getLogger(__name__)
 
 
 def model_spec(settings: Settings) -> ModelSpec:
+    """Raises ModelLoadError for a device that is not spelled as one."""
     return ModelSpec(
         model=settings.model,
         adapter=settings.adapter,
@@ -26,11 +26,9 @@ def model_spec(settings: Settings) -> ModelSpec:
     )
 
 
-def start_engine(state: ServerState, timings: TokenTimings, on_failure: Callable[[str], None] | None) -> None:
-    """Loads the model, starts the engine and hands it to `state`; a model that cannot be loaded is logged and
-    reported to `on_failure`."""
-    settings = state.settings
-    options = EngineOptions(
+def engine_options(settings: Settings) -> EngineOptions:
+    return EngineOptions(
+        model=model_spec(settings),
         max_running=settings.max_running,
         prefix_cache_mb=settings.prefix_cache_mb,
         kv_cache_mb=settings.kv_cache_mb,
@@ -41,7 +39,12 @@ def start_engine(state: ServerState, timings: TokenTimings, on_failure: Callable
         decode_mode=settings.decode_mode,
         log_level=settings.log_level,
     )
-    engine = EngineProcess(model_spec(settings), options, timings)
+
+
+def start_engine(state: ServerState, timings: TokenTimings, on_failure: Callable[[str], None] | None) -> None:
+    """Loads the model, starts the engine and hands it to `state`. A model that cannot be loaded, or an engine
+    that died and will not be restarted, is reported to `on_failure`."""
+    engine = EngineClient(engine_options(state.settings), timings, on_fatal=on_failure)
     try:
         engine.start()
     except ModelLoadError as error:

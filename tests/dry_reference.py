@@ -8,8 +8,9 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from sampling import Sampler, SamplingParams
+from sampling import SamplingParams
 from sampling.breakers import Tokenize
+from sampling.sampler import Sampler
 
 FLOAT32_MAX = 3.4028234663852886e38
 

@@ -5,7 +5,7 @@ from functools import cache
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from server.engine.default_model import embedded_model_folder
+from server.engine.model.default_model import embedded_model_folder
 from server.settings import Settings
 
 

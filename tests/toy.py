@@ -5,7 +5,7 @@ from collections.abc import Callable, Sequence
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from server.engine.runner import ModelRunner
+from server.engine.forward.runner import ModelRunner
 
 
 def tiny_llama() -> LlamaForCausalLM:
@@ -37,9 +37,9 @@ def greedy_tokenizer(vocab: Sequence[str]) -> Callable[[str], list[int]]:
     return tokenize
 
 
-def prefill(runner: ModelRunner, sequence_id: str, token_ids: Sequence[int]) -> torch.Tensor:
+def prefill(runner: ModelRunner, sample_id: str, token_ids: Sequence[int]) -> torch.Tensor:
     """The whole prompt at once, as the engine does over several steps: its next-token logits."""
-    runner.start_prefill(sequence_id, token_ids)
-    while (logits := runner.prefill_chunk(sequence_id, len(token_ids))) is None:
+    runner.start_prefill(sample_id, token_ids)
+    while (logits := runner.prefill_chunk(sample_id, len(token_ids))) is None:
         pass
     return logits

@@ -1,46 +1,44 @@
 """The engine: one thread owns the model and serves every request from a command queue.
 
-Each step carries out the scheduler's plan: end the requests past their deadline, start the prefill of the
-admitted ones, advance every prefilled request by one token in one batched forward, prefill prompts within the
-step's budget, sample all rows in one batched call, and let the output processor turn each token into text for
-its request. Commands (new requests, aborts) take effect between steps. A fault fails only the requests it
-concerns; the others go on.
+Each step carries out the scheduler's plan (scheduler.py): end the requests past their deadline, give the admitted
+ones sampler slots, advance every prefilled request by one token in one batched forward, run the planned prefill
+chunks, sample all rows in one batched call, and let the output processor turn each token into text for its
+request; then report back to the scheduler what was prefilled and what ended. Commands (new requests, aborts) take
+effect between steps. A fault fails only the requests it concerns; the others go on.
 
-The server runs it inside the engine process (engine_process.py: `enqueue`, outputs sent up a pipe); `submit`
-delivers to asyncio handles in this process instead (bench/gpu.py measures it so, without the pipe).
+The server runs it inside the engine process (child.py: `enqueue`, outputs sent up a pipe); `submit` delivers to
+asyncio handles in this process instead (bench/gpu.py measures it so, without the pipe).
 """
 
-import asyncio
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from sampling import Sampler, SamplingParams
-from server.engine.decode_check import CHECK_STEPS, captured_decode_problem
+from sampling import SamplingParams
+from sampling.sampler import Sampler
+from server.engine.forward.runner import ModelRunner
+from server.engine.forward.self_check import CHECK_STEPS, captured_decode_problem
 from server.engine.handle import GenerationHandle, Outbox, OutputSink
-from server.engine.host_memory import release_free_host_memory
-from server.engine.loader import LoadedModel
-from server.engine.memory import KvBudget, kv_bytes_per_token, reservation
+from server.engine.kv.budget import KvBudget, kv_bytes_per_token, reservation
+from server.engine.kv.memory import kv_budget_bytes, release_free_host_memory
+from server.engine.model.loader import LoadedModel
+from server.engine.options import EngineOptions
 from server.engine.output_processor import BackOff, Ending, OutputProcessor
 from server.engine.request import GenerationError, GenerationRequest
 from server.engine.request_state import RequestState
-from server.engine.runner import ModelRunner
-from server.engine.scheduler import Scheduler
-from server.engine.stats import EngineStats
-from server.engine.timings import TokenTimings
-from server.engine.vocabulary import Vocabulary
+from server.engine.scheduler import PrefillWork, Scheduler
+from server.engine.stats import EngineStats, TokenTimings
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class _Add:
-    state: RequestState
+    states: list[RequestState]
 
 
 @dataclass(frozen=True)
@@ -61,30 +59,24 @@ class Engine:
     def __init__(
         self,
         loaded: LoadedModel,
-        *,
-        max_running: int,
-        prefix_cache_mb: int,
-        kv_budget_bytes: int,
-        prefill_chunk: int = 512,
-        request_timeout: float | None = None,
-        timings: TokenTimings | None = None,
-        log_content: bool = False,
-        decode_mode: str = "eager",
+        options: EngineOptions,
         outputs: OutputSink | None = None,
+        timings: TokenTimings | None = None,
     ) -> None:
-        """`decode_mode`: "eager", "captured" (self-checked, eager when that fails) or "auto" (captured on CUDA).
-        `outputs`: where requests' outputs go (by default to their handles' event loops, see `submit`)."""
+        """`outputs`: where requests' outputs go (by default to their handles' event loops, see `submit`)."""
         self.stats = EngineStats()
-        self.vocabulary: Vocabulary = loaded.vocabulary
+        self.vocabulary = loaded.vocabulary
+        budget_bytes = (options.kv_cache_mb or 0) * 2**20 or kv_budget_bytes(loaded.device, options.memory_fraction)
         self.kv_budget = KvBudget.of(
-            kv_budget_bytes, kv_bytes_per_token(loaded.model.config, loaded.dtype), prefix_cache_mb
+            budget_bytes, kv_bytes_per_token(loaded.model.config, loaded.dtype.itemsize), options.prefix_cache_mb
         )
         self.context_length = loaded.context_length
         self._device = loaded.device
-        self._request_timeout = request_timeout
+        self._request_timeout = options.request_timeout
         self._in_flight = 0
         self._in_flight_lock = threading.Lock()
-        captured = decode_mode == "captured" or (decode_mode == "auto" and loaded.device.type == "cuda")
+        mode = options.decode_mode
+        captured = mode == "captured" or (mode == "auto" and loaded.device.type == "cuda")
         self._runner = ModelRunner(
             loaded.model, loaded.device, prefix_budget_tokens=self.kv_budget.prefix_tokens, captured=captured
         )
@@ -92,16 +84,18 @@ class Engine:
             self._check_captured_decode(loaded)
         self.stats.decode_mode = self._runner.decode_mode
         self._scheduler = Scheduler(
-            max_running=max_running,
-            prefill_chunk=prefill_chunk,
+            max_running=options.max_running,
+            prefill_chunk=options.prefill_chunk,
             budget=self.kv_budget,
             prefix_cache=self._runner.prefix_cache,
             footprint=self._runner.footprint,
         )
         self._outbox = outputs or Outbox()
-        self._outputs = OutputProcessor(self.vocabulary, self.context_length, self._outbox, timings, log_content)
+        self._outputs = OutputProcessor(
+            self.vocabulary, self.context_length, self._outbox, timings, options.log_content
+        )
         self._sampler = Sampler(
-            slots=max_running,
+            slots=options.max_running,
             capacity=self.context_length,
             vocab=self.vocabulary.texts(),
             tokenize=self.vocabulary.tokenize_plain,
@@ -112,7 +106,7 @@ class Engine:
         self._commands: queue.Queue[_Add | _Abort | _CancelAll | _Shutdown] = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
 
-    # The public surface, called from the event loop.
+    # The public surface, called from other threads.
 
     def start(self) -> None:
         self._thread.start()
@@ -132,38 +126,41 @@ class Engine:
             return self._in_flight
 
     def submit(self, requests: list[GenerationRequest]) -> list[GenerationHandle]:
-        """Queues the samples of one prompt (several when n > 1: admitted together, sharing one prefill); each
-        handle receives its sample's outputs on the calling event loop."""
-        loop = asyncio.get_running_loop()
-        handles = [GenerationHandle(request.sample_id, loop, self.abort) for request in requests]
-        self.enqueue(requests, handles)
+        """`enqueue`, each sample's outputs delivered to a handle on the calling event loop. Only for an engine
+        whose outputs go to its own Outbox (the default)."""
+        if not isinstance(self._outbox, Outbox):
+            raise RuntimeError("this engine's outputs go to another sink than handles")
+        handles = self._outbox.open(requests, self.abort)
+        self.enqueue(requests)
         return handles
 
-    def enqueue(self, requests: list[GenerationRequest], handles: list[object]) -> None:
-        """`submit` for any output sink: each request's outputs go to the sink with its handle."""
+    def enqueue(self, requests: list[GenerationRequest]) -> None:
+        """Queues the samples of one prompt (several when n > 1: admitted together, sharing one prefill); their
+        outputs go to the engine's output sink under their sample ids."""
         with self._in_flight_lock:
             self._in_flight += len(requests)
         group = requests[0].sample_id if len(requests) > 1 else None
         now = time.monotonic()
         deadline = now + self._request_timeout if self._request_timeout else None
-        for request, handle in zip(requests, handles, strict=True):
-            state = RequestState(
+        states = [
+            RequestState(
                 request=request,
-                handle=handle,
                 detokenizer=self._outputs.detokenizer(request.skip_special_tokens),
                 group=group,
                 submitted_at=now,
                 deadline=deadline,
                 reservation=reservation(len(request.prompt_ids), request.max_tokens, self.context_length),
             )
-            self._commands.put(_Add(state))
+            for request in requests
+        ]
+        self._commands.put(_Add(states))
 
     def abort(self, sample_id: str) -> None:
         """Ends a sample at the next step; it receives what it has generated so far, finish reason "stop"."""
         self._commands.put(_Abort(sample_id))
 
     def cancel_all(self, reason: str) -> None:
-        """Ends every request at the next step with a retryable error (shutdown after the drain timeout)."""
+        """Ends every request at the next step with a retryable `shutting_down` error (after the drain timeout)."""
         self._commands.put(_CancelAll(reason))
 
     def _check_captured_decode(self, loaded: LoadedModel) -> None:
@@ -196,11 +193,10 @@ class Engine:
                     self._step()
                 except Exception as error:  # the last resort: each part of the step isolates its own faults
                     log.exception("engine step failed")
-                    for state in list(self._scheduler.running):
-                        self._end(state, Ending("", "error"), GenerationError(f"generation failed: {error}"))
+                    self._fail(self._scheduler.running, str(error))
                 self._outbox.flush()
         for state in self._scheduler.everyone():
-            self._end(state, Ending("", "error"), GenerationError("the server is shutting down", retryable=True))
+            self._end(state, Ending("", "error"), GenerationError("the server is shutting down", True, "shutting_down"))
         self._outbox.flush()
 
     def _take_commands(self, *, block: bool) -> bool:
@@ -212,13 +208,16 @@ class Engine:
                 return True
             block = False
             match command:
-                case _Add(state):
-                    self._scheduler.add(state)
+                case _Add(states):
+                    self._scheduler.add(states)
                 case _Abort(sample_id):
-                    self._end_where(lambda state, wanted=sample_id: state.id == wanted)
+                    for state in self._scheduler.everyone():
+                        if state.sample_id == sample_id:
+                            self._end(state, Ending(state.stops.flush(), "stop"))
                 case _CancelAll(reason):
                     for state in self._scheduler.everyone():
-                        self._end(state, Ending(state.stops.flush(), "error"), GenerationError(reason, retryable=True))
+                        error = GenerationError(reason, retryable=True, code="shutting_down")
+                        self._end(state, Ending(state.stops.flush(), "error"), error)
                 case _Shutdown():
                     return False
             self._update_stats()
@@ -229,32 +228,30 @@ class Engine:
         for state in plan.expired:
             self._expire(state)
         for group in plan.admitted:
-            self._start(group)
+            for state in group:
+                state.sampler_slot = self._sampler.add(state.request.prompt_ids, state.request.params)
+                self.stats.prompt_tokens += len(state.request.prompt_ids)
         logits, stepped = [], []
         if plan.decode and (decoded := self._decode(plan.decode)) is not None:
             logits.append(decoded)
             stepped.extend(plan.decode)
-        for group, first in self._prefill(plan.prefill_budget):
-            logits.extend([first.unsqueeze(0)] * len(group))
-            stepped.extend(group)
+        for work in plan.prefill:
+            first = self._prefill(work)
+            if first is not None:
+                logits.extend([first.unsqueeze(0)] * len(work.group))
+                stepped.extend(work.group)
         if stepped:
             self._sample_and_advance(logits[0] if len(logits) == 1 else torch.cat(logits), stepped)
         self.stats.steps += 1
         self.stats.step_seconds += time.perf_counter() - started
         self._update_stats()
 
-    def _start(self, group: list[RequestState]) -> None:
-        for state in group:
-            state.sampler_slot = self._sampler.add(state.request.prompt_ids, state.request.params)
-            self.stats.prompt_tokens += len(state.request.prompt_ids)
-        self._runner.start_prefill(group[0].id, group[0].request.prompt_ids)
-
     def _decode(self, decoding: list[RequestState]) -> torch.Tensor | None:
         """The batched decode forward; None when it failed, after failing the requests at fault (the others retry
         at the next step: the runner has rolled the batch cache back)."""
         started = time.perf_counter()
         try:
-            return self._runner.decode([(s.id, s.last_token) for s in decoding])
+            return self._runner.decode([(s.sample_id, s.last_token) for s in decoding])
         except torch.OutOfMemoryError:
             # The longest row holds the most memory: dropping it frees the most.
             longest = max(decoding, key=lambda s: len(s.request.prompt_ids) + len(s.output_ids))
@@ -268,36 +265,29 @@ class Engine:
         finally:
             self.stats.forward_seconds += time.perf_counter() - started
 
-    def _prefill(self, budget: int) -> list[tuple[list[RequestState], torch.Tensor]]:
-        """Prefills the waiting prompts in order within `budget` tokens; each group whose prompt is done joins the
-        batch (samples after the first as copies of its row) with its next-token logits."""
-        done = []
-        prefilling = self._scheduler.prefilling
-        while prefilling and budget > 0:
-            group = prefilling[0]
-            if not self._runner.is_prefilling(group[0].id):  # its leader left: the next sample leads
-                self._runner.start_prefill(group[0].id, group[0].request.prompt_ids)
-            spent = min(budget, self._runner.prefill_remaining(group[0].id))
-            started = time.perf_counter()
-            try:
-                first = self._runner.prefill_chunk(group[0].id, budget)
-            except Exception as error:  # this prompt alone: its own cache, its own forward
-                if not isinstance(error, torch.OutOfMemoryError):
-                    log.exception("prefill of request %s failed", group[0].id)
-                self._fail(group, "out of memory" if isinstance(error, torch.OutOfMemoryError) else str(error))
-                continue
-            finally:
-                self.stats.forward_seconds += time.perf_counter() - started
-            budget -= spent
-            if first is None:
-                break
-            prefilling.popleft()
-            for sibling in group[1:]:
-                self._runner.fork(group[0].id, sibling.id)
-            for state in group:
-                state.prefilled = True
-            done.append((group, first))
-        return done
+    def _prefill(self, work: PrefillWork) -> torch.Tensor | None:
+        """Runs one planned chunk of a group's prompt. When the prompt is done, every sample of the group joins the
+        batch (those after the leader as copies of its row) and the next-token logits are returned."""
+        leader = work.group[0]
+        started = time.perf_counter()
+        try:
+            if work.starts:
+                self._runner.start_prefill(leader.sample_id, leader.request.prompt_ids)
+            first = self._runner.prefill_chunk(leader.sample_id, work.tokens)
+        except Exception as error:  # this prompt alone: its own cache, its own forward
+            if not isinstance(error, torch.OutOfMemoryError):
+                log.exception("prefill of request %s failed", leader.sample_id)
+            self._fail(work.group, "out of memory" if isinstance(error, torch.OutOfMemoryError) else str(error))
+            return None
+        finally:
+            self.stats.forward_seconds += time.perf_counter() - started
+        if first is None:
+            self._scheduler.prefilled(work.group, self._runner.prefill_remaining(leader.sample_id))
+            return None
+        for sibling in work.group[1:]:
+            self._runner.fork(leader.sample_id, sibling.sample_id)
+        self._scheduler.prefilled(work.group, 0)
+        return first
 
     def _sample_and_advance(self, logits: torch.Tensor, stepped: list[RequestState]) -> None:
         tokens = self._sample(logits, stepped)
@@ -310,7 +300,7 @@ class Engine:
             try:
                 outcome = self._outputs.advance(state, token)
             except Exception as error:
-                log.exception("request %s: reading its new token failed", state.id)
+                log.exception("request %s: reading its new token failed", state.sample_id)
                 self._fail([state], str(error))
                 continue
             if isinstance(outcome, Ending):
@@ -324,8 +314,9 @@ class Engine:
         slots = [s.sampler_slot for s in stepped]
         bans = [s.guard.bans_for(len(s.output_ids)) if s.guard else frozenset() for s in stepped]
         started = time.perf_counter()
+        drawn: list[int | str | None]
         try:
-            drawn = self._sampler.sample(logits, slots, bans)
+            drawn = list(self._sampler.sample(logits, slots, bans))
         except Exception:
             log.exception("batched sampling failed; sampling row by row")
             drawn = []
@@ -346,45 +337,39 @@ class Engine:
             return
         history = [*state.request.prompt_ids, *state.output_ids]
         # The cache keeps every position but the last token's, which the next step feeds again.
-        self._runner.crop(state.id, len(history) - 1)
+        self._runner.truncate(state.sample_id, len(history) - 1)
         self._sampler.rewind(state.sampler_slot, history, generated=position)
 
     def _expire(self, state: RequestState) -> None:
         """`--request-timeout`: a request past its deadline ends with what it has (finish reason "length"); one
         that has generated nothing yet gets a retryable error."""
-        log.info("request %s timed out after %.1f s", state.id, time.monotonic() - state.submitted_at)
+        log.info("request %s timed out after %.1f s", state.sample_id, time.monotonic() - state.submitted_at)
         self.stats.timed_out_requests += 1
         if state.output_ids:
             self._end(state, Ending(state.stops.flush(), "length"))
         else:
             message = f"The request timed out after {self._request_timeout:g} s before generating anything."
-            self._end(state, Ending("", "error"), GenerationError(message, retryable=True))
+            self._end(state, Ending("", "error"), GenerationError(message, retryable=True, code="request_timeout"))
 
     def _fail(self, states: list[RequestState], reason: str) -> None:
         for state in list(states):
-            log.error("request %s failed: %s", state.id, reason)
+            log.error("request %s failed: %s", state.sample_id, reason)
             self.stats.failed_requests += 1
             self._end(state, Ending("", "error"), GenerationError(f"generation failed: {reason}"))
         if self._device.type == "cuda":
             # Most likely out of memory: hand the freed blocks back so that the next step can use them.
             torch.cuda.empty_cache()
 
-    def _end_where(self, matches: Callable[[RequestState], bool]) -> None:
-        for state in self._scheduler.everyone():
-            if matches(state):
-                self._end(state, Ending(state.stops.flush(), "stop"))
-
     def _end(self, state: RequestState, ending: Ending, error: GenerationError | None = None) -> None:
         """Delivers a request's last output and frees what it held; its cache goes to the prefix cache unless it
         failed."""
         self._outputs.finish(state, ending, error)
-        self._scheduler.remove(state)
         # The cache holds the prompt and every generated token but the last (sampled, never fed).
         held = [*state.request.prompt_ids, *state.output_ids][:-1] if state.output_ids else None
-        self._runner.release(state.id, held if ending.reason != "error" else None)
+        self._runner.release(state.sample_id, held if ending.reason != "error" else None)
         if state.sampler_slot >= 0:
             self._sampler.remove(state.sampler_slot)
-        self._scheduler.fit_prefix_cache()
+        self._scheduler.finished(state)
         with self._in_flight_lock:
             self._in_flight -= 1
         self.stats.finished_requests += 1

@@ -1,5 +1,5 @@
 """The async channel between the engine and the one HTTP handler waiting for a request's outputs: filled from the
-engine process's reader thread (server/engine/engine_process.py), or from the engine thread itself when an
+engine process's reader thread (server/engine/client.py), or from the engine thread itself when an
 `Engine` runs in this process."""
 
 import asyncio
@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import Callable
 from typing import Protocol
 
-from server.engine.request import GenerationOutput
+from server.engine.request import GenerationOutput, GenerationRequest
 
 
 class GenerationHandle:
@@ -42,23 +42,32 @@ class GenerationHandle:
 
 
 class OutputSink(Protocol):
-    """Where the engine thread puts each request's outputs (`handle`: what it was given for that request), and
-    hands on what a step produced in one go."""
+    """Where the engine thread puts each sample's outputs, and hands on what a step produced in one go."""
 
-    def put(self, handle: object, output: GenerationOutput) -> None: ...
+    def put(self, sample_id: str, output: GenerationOutput) -> None: ...
 
     def flush(self) -> None: ...
 
 
 class Outbox:
-    """The outputs of one engine step, handed to each event loop in one call: waking a loop from another thread
-    costs a system call and a turn of the loop, so once per step rather than once per token and request."""
+    """Delivers to handles on event loops of this process: the outputs of one engine step, handed to each event
+    loop in one call (waking a loop from another thread costs a system call and a turn of the loop, so once per
+    step rather than once per token and request)."""
 
     def __init__(self) -> None:
+        self._handles: dict[str, GenerationHandle] = {}
         self._pending: dict[asyncio.AbstractEventLoop, list[tuple[GenerationHandle, GenerationOutput]]] = {}
 
-    def put(self, handle: GenerationHandle, output: GenerationOutput) -> None:
+    def open(self, requests: list[GenerationRequest], abort: Callable[[str], None]) -> list[GenerationHandle]:
+        """Handles on the calling event loop for these samples' outputs."""
+        loop = asyncio.get_running_loop()
+        handles = [GenerationHandle(request.sample_id, loop, abort) for request in requests]
+        self._handles.update({handle.sample_id: handle for handle in handles})
+        return handles
+
+    def put(self, sample_id: str, output: GenerationOutput) -> None:
         """Called from the engine thread."""
+        handle = self._handles[sample_id] if output.finish_reason is None else self._handles.pop(sample_id)
         self._pending.setdefault(handle.loop, []).append((handle, output))
 
     def flush(self) -> None:

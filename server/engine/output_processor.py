@@ -13,12 +13,12 @@ from dataclasses import dataclass
 
 import torch
 
-from server.engine.detokenizer import IncrementalDetokenizer
 from server.engine.handle import OutputSink
 from server.engine.request import FinishReason, GenerationError, TokenLogprob
 from server.engine.request_state import RequestState
-from server.engine.timings import TokenTimings
-from server.engine.vocabulary import Vocabulary
+from server.engine.stats import TokenTimings
+from server.engine.text.detokenizer import IncrementalDetokenizer
+from server.engine.text.vocabulary import Vocabulary
 
 content_log = logging.getLogger("rpserve.content")
 
@@ -76,7 +76,7 @@ class OutputProcessor:
             return Ending(scan.release + state.stops.flush(), "length")
         text = state.guard.sendable(scan, state.stops) if state.guard else scan.release
         if text:
-            self._outbox.put(state.handle, state.output(text))
+            self._outbox.put(state.sample_id, state.output(text))
         return None
 
     def back_off(self, state: RequestState, banned_at: int) -> int | None:
@@ -97,7 +97,7 @@ class OutputProcessor:
         if ending.by_token and state.pending_logprobs:
             state.pending_logprobs.pop()  # the EOS or stop token is not part of the returned text
         text = state.guard.flush(ending.text) if state.guard else ending.text
-        self._outbox.put(state.handle, state.output(text, ending.reason, error, ending.stop_string))
+        self._outbox.put(state.sample_id, state.output(text, ending.reason, error, ending.stop_string))
         if self._log_content:
             self._log_text(state, ending.reason)
 
@@ -139,7 +139,7 @@ class OutputProcessor:
         """`--log-content`: the prompt and output text, which are private and logged only when asked."""
         record = {
             "request_id": state.request.log_id,
-            "generation_id": state.id,
+            "generation_id": state.sample_id,
             "finish_reason": reason,
             "prompt": self._vocabulary.decode(state.request.prompt_ids),
             "output": self._vocabulary.decode(state.output_ids),

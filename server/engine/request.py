@@ -29,10 +29,11 @@ class GenerationRequest:
 @dataclass(frozen=True)
 class GenerationError:
     """Why a sample failed. `retryable`: the same request later can succeed (timed out in the queue, shutting
-    down); otherwise the engine failed on it."""
+    down, the engine restarting); otherwise the engine failed on it. `code`: OpenAI's error code for clients."""
 
     message: str
     retryable: bool = False
+    code: str = "generation_failed"
 
 
 @dataclass(frozen=True)

@@ -2,16 +2,15 @@
 
 from dataclasses import dataclass, field
 
-from server.engine.banned import BannedStringGuard
-from server.engine.detokenizer import IncrementalDetokenizer
 from server.engine.request import FinishReason, GenerationError, GenerationOutput, GenerationRequest, TokenLogprob
-from server.engine.stops import StopMatcher
+from server.engine.text.banned import BannedStringGuard
+from server.engine.text.detokenizer import IncrementalDetokenizer
+from server.engine.text.stops import StopMatcher
 
 
 @dataclass(eq=False)  # identity, not field equality: each running request is one object
 class RequestState:
     request: GenerationRequest
-    handle: object  # what the engine's output sink delivers this request's outputs to
     detokenizer: IncrementalDetokenizer
     group: str | None = None  # samples of one prompt (n > 1) share its prefill
     sampler_slot: int = -1  # its slot in the sampler, once admitted
@@ -31,7 +30,7 @@ class RequestState:
         self.guard = BannedStringGuard() if request.banned_strings else None
 
     @property
-    def id(self) -> str:
+    def sample_id(self) -> str:
         return self.request.sample_id
 
     @property

@@ -17,7 +17,7 @@ _LOAD_POLL_SECONDS = 0.2
 class ModelReplica:
     async def __init__(self, settings: Settings) -> None:
         failures: list[str] = []
-        self._app = create_app(settings, on_load_failure=failures.append)
+        self._app = create_app(settings, on_engine_failure=failures.append)
         self._lifespan = self._app.router.lifespan_context(self._app)
         await self._lifespan.__aenter__()
         # Ready (and so routed to) only once the model serves.

@@ -7,8 +7,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from prompting import PromptError, RenderedPrompt, parse_turns, render_prompt
-from server.engine.engine_process import EngineProcess
 from server.engine.request import TokenLogprob
+from server.engine.service import EngineService
 from server.errors import APIError
 from server.protocol.chat import (
     ChatChoice,
@@ -31,7 +31,7 @@ from server.state import ready_engine, server_state
 router = APIRouter()
 
 
-def rendered(body: ChatRequest, engine: EngineProcess) -> tuple[RenderedPrompt, list[int]]:
+def rendered(body: ChatRequest, engine: EngineService) -> tuple[RenderedPrompt, list[int]]:
     messages, setting = body.conversation()
     try:
         prompt = render_prompt(messages, setting, body.speaker, special_tokens=engine.vocabulary.special_texts)
@@ -56,7 +56,7 @@ async def create_chat_completion(
     options = body.generation_options()
     # The prompt ends at the speaker's colon: the reply's first space is the label's.
     generation = Generation(
-        request, engine_requests(request, body, options, prompt_ids, "chatcmpl"), trim_reply_space=True
+        request, engine_requests(request, body, options, prompt_ids, "chatcmpl"), trim_label_space=True
     )
     headers = answer_headers(request, body)
     several = body.max_turns > 1
@@ -82,7 +82,7 @@ async def create_chat_completion(
     return ChatCompletionResponse(id=generation.id, model=state.model_name, choices=choices, usage=generation.usage())
 
 
-def chat_logprobs(engine: EngineProcess, tokens: Sequence[TokenLogprob], top: int) -> ChatLogprobs:
+def chat_logprobs(engine: EngineService, tokens: Sequence[TokenLogprob], top: int) -> ChatLogprobs:
     def entry(token_id: int, logprob: float) -> TopLogprob:
         text = engine.vocabulary.token_text(token_id)
         return TopLogprob(token=text, logprob=logprob, bytes=list(text.encode()))
@@ -100,7 +100,7 @@ def chat_logprobs(engine: EngineProcess, tokens: Sequence[TokenLogprob], top: in
 async def _chunks(
     generation: Generation,
     template: ChatCompletionChunk,
-    engine: EngineProcess,
+    engine: EngineService,
     prompt: RenderedPrompt,
     several: bool,
     include_usage: bool,

@@ -5,8 +5,8 @@ from collections.abc import AsyncIterator, Sequence
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from server.engine.engine import Engine
 from server.engine.request import TokenLogprob
+from server.engine.service import EngineService
 from server.protocol.completions import CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse
 from server.serving.engine_requests import engine_requests
 from server.serving.generation import Generation, joined_text
@@ -23,8 +23,8 @@ async def create_completion(
 ) -> Response | CompletionResponse:
     state, engine = server_state(request), ready_engine(request)
     prompt = raw_prompt(body, body.prompt, engine, state.settings.trim_label_space)
-    requests = engine_requests(request, body, body.generation_options(), prompt.ids, "cmpl")
-    generation = Generation(request, requests, trim_reply_space=prompt.trims_reply_space, genkey=body.genkey)
+    samples = engine_requests(request, body, body.generation_options(), prompt.ids, "cmpl")
+    generation = Generation(request, samples, trim_label_space=prompt.trims_label_space, genkey=body.genkey)
     headers = answer_headers(request, body)
     echo = body.prompt if body.echo else ""
     template = CompletionResponse(id=generation.id, model=state.model_name, choices=[])
@@ -47,7 +47,9 @@ async def create_completion(
     return template.model_copy(update={"choices": choices, "usage": generation.usage()})
 
 
-def completion_logprobs(engine: Engine, tokens: Sequence[TokenLogprob], offset: int, top: int) -> CompletionLogprobs:
+def completion_logprobs(
+    engine: EngineService, tokens: Sequence[TokenLogprob], offset: int, top: int
+) -> CompletionLogprobs:
     """OpenAI's shape; `offset` is where the first token's text starts in the returned text."""
     result = CompletionLogprobs()
     text_of = engine.vocabulary.token_text
@@ -64,7 +66,7 @@ def completion_logprobs(engine: Engine, tokens: Sequence[TokenLogprob], offset: 
 async def _chunks(
     generation: Generation,
     template: CompletionResponse,
-    engine: Engine,
+    engine: EngineService,
     echo: str,
     include_usage: bool,
     logprobs: int | None,

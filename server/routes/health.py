@@ -1,5 +1,5 @@
-"""`GET /health`: 503 while the model loads, 200 with the engine's counters once it serves, 503 again if the
-engine process has stopped."""
+"""`GET /health`: 503 while the model loads, 200 with the engine's counters once it serves, 503 with
+`engine_restarting` while a dead engine process is replaced, `engine_stopped` once it will not be."""
 
 from dataclasses import asdict
 
@@ -14,8 +14,9 @@ router = APIRouter()
 @router.get("/health")
 async def health(request: Request) -> JSONResponse:
     state = server_state(request)
-    if state.engine is None:
+    engine = state.engine
+    if engine is None:
         return JSONResponse({"status": "loading", "model": state.model_name}, status_code=503)
-    if not state.engine.alive:
-        return JSONResponse({"status": "engine_stopped", "model": state.model_name}, status_code=503)
-    return JSONResponse({"status": "ok", "model": state.model_name, **asdict(state.engine.stats)})
+    if engine.status != "ok":
+        return JSONResponse({"status": f"engine_{engine.status}", "model": state.model_name}, status_code=503)
+    return JSONResponse({"status": "ok", "model": state.model_name, **asdict(engine.stats)})

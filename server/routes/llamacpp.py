@@ -21,8 +21,8 @@ router = APIRouter()
 async def llamacpp_completion(body: LlamaCppCompletionRequest, request: Request) -> Response:
     state, engine = server_state(request), ready_engine(request)
     prompt = raw_prompt(body, body.prompt, engine, state.settings.trim_label_space)
-    requests = engine_requests(request, body, body.generation_options(), prompt.ids, "cmpl")
-    generation = Generation(request, requests, trim_reply_space=prompt.trims_reply_space)
+    samples = engine_requests(request, body, body.generation_options(), prompt.ids, "cmpl")
+    generation = Generation(request, samples, trim_label_space=prompt.trims_label_space)
     headers = answer_headers(request, body)
     if body.stream:
         return generation.stream(lambda g: _events(g, state.model_name), headers, done=False)

@@ -82,6 +82,6 @@ def sse_response(
     return EventSourceResponse(lines(), sep="\n", ping=15, headers=headers)
 
 
-def error_event(message: str) -> dict:
+def error_event(message: str, code: str) -> dict:
     """An in-stream error in the shape SillyTavern and the openai package both show to the user."""
-    return error_body(message, type="server_error")
+    return error_body(message, type="server_error", code=code)

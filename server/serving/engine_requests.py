@@ -4,12 +4,13 @@ parameters, the context check, then the build. Each step raises APIError naming 
 import dataclasses
 import uuid
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from fastapi import Request
 
 from sampling import SamplingParams, SamplingParamsError
-from server.engine.engine_process import EngineProcess
 from server.engine.request import GenerationRequest
+from server.engine.service import EngineService
 from server.errors import APIError
 from server.protocol.generation import GenerationOptions
 from server.protocol.sampling import SamplerFields
@@ -20,9 +21,17 @@ MAX_STOP_LENGTH = 256
 MAX_LOGIT_BIAS = 1024
 
 
+class PromptSamples(NamedTuple):
+    """The engine requests of one answer: one per sample, their ids the answer's id (plus `-<index>` when there
+    are several)."""
+
+    id: str
+    requests: list[GenerationRequest]
+
+
 def engine_requests(
     http: Request, fields: SamplerFields, options: GenerationOptions, prompt_ids: Sequence[int], id_prefix: str
-) -> list[GenerationRequest]:
+) -> PromptSamples:
     """One engine request per sample of the HTTP request `http`."""
     state, engine = server_state(http), ready_engine(http)
     check_limits(options, fields)
@@ -30,8 +39,9 @@ def engine_requests(
     check_prompt(prompt_ids, engine)
     params = sampling_params(fields, state, engine)
     room = context_room(len(prompt_ids), options.max_tokens, engine)
+    answer_id = f"{id_prefix}-{uuid.uuid4().hex}"
     base = GenerationRequest(
-        sample_id=f"{id_prefix}-{uuid.uuid4().hex}",
+        sample_id=answer_id,
         prompt_ids=tuple(prompt_ids),
         params=params,
         # A server stop that is a turn stop for this request ends it only at the last turn.
@@ -46,7 +56,7 @@ def engine_requests(
         banned_strings=tuple(text for text in fields.banned_strings or () if text),
         log_id=getattr(http.state, "request_id", ""),
     )
-    return samples_of(base, options.samples)
+    return PromptSamples(answer_id, samples_of(base, options.samples))
 
 
 def check_limits(options: GenerationOptions, fields: SamplerFields) -> None:
@@ -61,7 +71,7 @@ def check_limits(options: GenerationOptions, fields: SamplerFields) -> None:
         raise APIError(400, f"banned_strings: each at most {MAX_STOP_LENGTH} characters.", param="banned_strings")
 
 
-def check_admission(samples: int, state: ServerState, engine: EngineProcess) -> None:
+def check_admission(samples: int, state: ServerState, engine: EngineService) -> None:
     """400 for more samples than run at once; 429 when the queue is full."""
     settings = state.settings
     if samples > settings.max_running:
@@ -78,7 +88,7 @@ def check_admission(samples: int, state: ServerState, engine: EngineProcess) -> 
         )
 
 
-def check_prompt(prompt_ids: Sequence[int], engine: EngineProcess) -> None:
+def check_prompt(prompt_ids: Sequence[int], engine: EngineService) -> None:
     if not prompt_ids:
         raise APIError(400, "The prompt is empty: it must hold at least one token.", param="prompt")
     outside = engine.vocabulary.outside(prompt_ids)
@@ -86,7 +96,7 @@ def check_prompt(prompt_ids: Sequence[int], engine: EngineProcess) -> None:
         raise APIError(400, f"prompt: token id {outside[0]} is not in the vocabulary.", param="prompt")
 
 
-def sampling_params(fields: SamplerFields, state: ServerState, engine: EngineProcess) -> SamplingParams:
+def sampling_params(fields: SamplerFields, state: ServerState, engine: EngineService) -> SamplingParams:
     """The request's sampler values over the server's defaults (under its forced values), checked against the
     vocabulary."""
     try:
@@ -101,7 +111,7 @@ def sampling_params(fields: SamplerFields, state: ServerState, engine: EnginePro
     return dataclasses.replace(params, banned_token_ids=params.banned_token_ids - frozenset(unknown))
 
 
-def context_room(prompt_tokens: int, max_tokens: int | None, engine: EngineProcess) -> int:
+def context_room(prompt_tokens: int, max_tokens: int | None, engine: EngineService) -> int:
     """Tokens the context leaves after the prompt; 400 `context_length_exceeded` when that is not enough."""
     room = engine.context_length - prompt_tokens
     if room < 1 or (max_tokens is not None and max_tokens > room):
@@ -132,7 +142,7 @@ def samples_of(base: GenerationRequest, samples: int) -> list[GenerationRequest]
 
 
 def truncated_left(
-    prompt_ids: list[int], truncation_length: int | None, max_tokens: int | None, engine: EngineProcess
+    prompt_ids: list[int], truncation_length: int | None, max_tokens: int | None, engine: EngineService
 ) -> list[int]:
     """text-generation-webui's `truncation_length`: the prompt's last tokens, BOS kept first, so that prompt and
     `max_tokens` fit in it."""

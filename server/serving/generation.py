@@ -8,11 +8,12 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from fastapi import Request
 from sse_starlette import EventSourceResponse
 
-from prompting import drop_reply_space
-from server.engine.request import GenerationOutput, GenerationRequest
+from prompting import drop_label_space
+from server.engine.request import GenerationOutput
 from server.errors import APIError
 from server.protocol.completions import Usage
 from server.serving.delivery import collect, error_event, merged, sse_response
+from server.serving.engine_requests import PromptSamples
 from server.state import ready_engine, server_state
 
 
@@ -23,32 +24,32 @@ class GenerationFailed(Exception):
         assert output.error is not None
         super().__init__(output.error.message)
         self.message = output.error.message
+        self.code = output.error.code
         self.status = 503 if output.error.retryable else 500
 
     def api_error(self) -> APIError:
-        return APIError(self.status, self.message, headers={"Retry-After": "1"} if self.status == 503 else None)
+        retry = {"Retry-After": "1"} if self.status == 503 else None
+        return APIError(self.status, self.message, code=self.code, headers=retry)
 
 
 class Generation:
     def __init__(
         self,
         http: Request,
-        requests: list[GenerationRequest],
+        samples: PromptSamples,
         *,
-        trim_reply_space: bool = False,
+        trim_label_space: bool = False,
         genkey: str | None = None,
     ) -> None:
-        """Submits the samples; `trim_reply_space`: the prompt ends at a label's colon, so the reply's first space
-        is the label's and is dropped. `genkey`: KoboldCpp's name for the generation (see client_generations)."""
+        """Submits the samples; `trim_label_space`: the prompt ends at a label's colon, so the reply's first space
+        is the label's and is dropped. `genkey`: KoboldCpp's name for the generation (see server/state.py)."""
         self._http = http
-        self._trim = trim_reply_space
+        self._trim = trim_label_space
         self._owners = server_state(http).client_generations
-        first = requests[0].sample_id
-        # One id for the whole answer: the samples' ids are it plus `-<index>`.
-        self.id = first.rsplit("-", 1)[0] if len(requests) > 1 else first
-        self.sample_ids = [request.sample_id for request in requests]
+        self.id = samples.id
+        self.sample_ids = [request.sample_id for request in samples.requests]
         self._owners.add(self.sample_ids, http.client.host if http.client else "", genkey)
-        self.handles = ready_engine(http).submit(requests)
+        self.handles = ready_engine(http).submit(samples.requests)
         self.finals: list[GenerationOutput] = []
 
     async def outputs(self) -> AsyncIterator[tuple[int, GenerationOutput]]:
@@ -77,7 +78,7 @@ class Generation:
                     yield event
                 self._record_usage()
             except GenerationFailed as failure:
-                yield error_event(failure.message)
+                yield error_event(failure.message, failure.code)
             finally:
                 self.cancel()
 
@@ -107,7 +108,7 @@ class Generation:
         self._owners.discard(self.sample_ids)
 
     def _trimmed(self, outputs: AsyncIterator[GenerationOutput]) -> AsyncIterator[GenerationOutput]:
-        return without_leading_space(outputs) if self._trim else outputs
+        return without_label_space(outputs) if self._trim else outputs
 
     def _record_usage(self) -> None:
         """Token counts for the request's log line (see server/middleware/request_log.py)."""
@@ -116,7 +117,7 @@ class Generation:
             self._http.state.usage = (usage.prompt_tokens, usage.completion_tokens)
 
 
-def without_leading_space(outputs: AsyncIterator[GenerationOutput]) -> AsyncIterator[GenerationOutput]:
+def without_label_space(outputs: AsyncIterator[GenerationOutput]) -> AsyncIterator[GenerationOutput]:
     """Drops the one space the reply's first word carries after a label that ends at its colon."""
 
     async def trimmed() -> AsyncIterator[GenerationOutput]:
@@ -124,7 +125,7 @@ def without_leading_space(outputs: AsyncIterator[GenerationOutput]) -> AsyncIter
         async for output in outputs:
             if first and output.text:
                 first = False
-                output = output.with_text(drop_reply_space(output.text))
+                output = output.with_text(drop_label_space(output.text))
             yield output
 
     return trimmed()

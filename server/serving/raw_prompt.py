@@ -4,7 +4,7 @@ then `truncation_length`."""
 from dataclasses import dataclass
 
 from prompting import ends_with_label_space
-from server.engine.engine import Engine
+from server.engine.service import EngineService
 from server.protocol.generation import RawPromptFields
 from server.serving.engine_requests import truncated_left
 
@@ -12,10 +12,12 @@ from server.serving.engine_requests import truncated_left
 @dataclass(frozen=True)
 class RawPrompt:
     ids: list[int]
-    trims_reply_space: bool  # the prompt was sent without its label's space: drop the reply's first space
+    trims_label_space: bool  # the prompt was sent without its label's space: drop the reply's first space
 
 
-def raw_prompt(body: RawPromptFields, prompt: str | list[int], engine: Engine, trim_by_default: bool) -> RawPrompt:
+def raw_prompt(
+    body: RawPromptFields, prompt: str | list[int], engine: EngineService, trim_by_default: bool
+) -> RawPrompt:
     """A prompt ending in "label: " ends in a lone space token the model never saw before a word; it is sent
     ending at the colon instead, and the reply's first word brings its space (then dropped from the text)."""
     add_bos = body.add_bos_token is not False

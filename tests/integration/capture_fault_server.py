@@ -7,7 +7,7 @@ import os
 import sys
 
 from server import cli
-from server.engine.decode_graphs import CaptureFailed, DecodeGraphs
+from server.engine.forward.decode_graphs import CaptureFailed, DecodeGraphs
 
 original_run = DecodeGraphs.run
 

@@ -7,7 +7,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from server.engine.default_model import embedded_model_folder
+from server.engine.model.default_model import embedded_model_folder
 from server.settings import Settings
 from tests.integration.server_process import ServerProcess
 

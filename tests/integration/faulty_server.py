@@ -15,59 +15,62 @@ import sys
 
 import torch
 
-from sampling import Sampler
+from sampling.sampler import Sampler
 from server import cli
+from server.engine.client import EngineClient
 from server.engine.engine import Engine
-from server.engine.engine_process import EngineProcess
-from server.engine.runner import ModelRunner
+from server.engine.forward.runner import ModelRunner
 
 FAULT = re.compile(r"FAULT:([a-z-]+)")
 FAULT_AFTER_TOKENS = 2
 
-faulty: dict[str, str] = {}  # sequence id -> kind of fault
-generated: dict[str, int] = {}  # decode steps seen per faulty sequence
+faulty: dict[str, str] = {}  # sample id -> kind of fault
+generated: dict[str, int] = {}  # decode steps seen per faulty sample
+sampler_prompts: set[tuple[int, ...]] = set()  # prompts of `sampler` faults
 sampler_slots: dict[int, int] = {}  # sampler slot of a `sampler` fault -> times it was sampled
 
 
-def _submit(engine: EngineProcess, requests: list) -> list:
+def _submit(engine: EngineClient, requests: list) -> list:
     """In the server's process."""
     if any("FAULT:unexpected" in engine.vocabulary.decode(request.prompt_ids) for request in requests):
         raise RuntimeError("injected: an unexpected error")
     return original_submit(engine, requests)
 
 
-def _enqueue(engine: Engine, requests: list, handles: list) -> None:
+def _enqueue(engine: Engine, requests: list) -> None:
     """In the engine's process, as everything below."""
     for request in requests:
         found = FAULT.search(engine.vocabulary.decode(request.prompt_ids))
         if found:
             faulty[request.sample_id] = found.group(1)
-    original_enqueue(engine, requests, handles)
+            if found.group(1) == "sampler":
+                sampler_prompts.add(tuple(request.prompt_ids))
+    original_enqueue(engine, requests)
 
 
-def _start(engine: Engine, group: list) -> None:
-    original_start(engine, group)
-    for state in group:
-        if faulty.get(state.id) == "sampler":
-            sampler_slots[state.sampler_slot] = 0
+def _add(sampler: Sampler, history: list, params: object) -> int:
+    slot = original_add(sampler, history, params)
+    if tuple(history) in sampler_prompts:
+        sampler_slots[slot] = 0
+    return slot
 
 
-def _prefill_chunk(runner: ModelRunner, sequence_id: str, budget: int) -> torch.Tensor | None:
-    if faulty.get(sequence_id) == "prefill-oom":
+def _prefill_chunk(runner: ModelRunner, sample_id: str, budget: int) -> torch.Tensor | None:
+    if faulty.get(sample_id) == "prefill-oom":
         raise torch.OutOfMemoryError("injected: out of memory in prefill")
-    return original_prefill_chunk(runner, sequence_id, budget)
+    return original_prefill_chunk(runner, sample_id, budget)
 
 
 def _decode(runner: ModelRunner, steps: list) -> torch.Tensor:
     ripe = []
-    for index, (sequence_id, _) in enumerate(steps):
-        if sequence_id in faulty:
-            generated[sequence_id] = generated.get(sequence_id, 0) + 1
-            if generated[sequence_id] >= FAULT_AFTER_TOKENS:
-                ripe.append((index, faulty[sequence_id]))
+    for index, (sample_id, _) in enumerate(steps):
+        if sample_id in faulty:
+            generated[sample_id] = generated.get(sample_id, 0) + 1
+            if generated[sample_id] >= FAULT_AFTER_TOKENS:
+                ripe.append((index, faulty[sample_id]))
     if any(kind == "oom" for _, kind in ripe):
         # Raised inside the forward, half-way through the layers: the first half's caches have grown already.
-        layers = runner._model.model.layers
+        layers = runner.model.model.layers
         hook = layers[len(layers) // 2].register_forward_hook(_out_of_memory)
         try:
             return original_decode(runner, steps)
@@ -97,9 +100,9 @@ def _remove(sampler: Sampler, slot: int) -> None:
     original_remove(sampler, slot)
 
 
-original_submit, EngineProcess.submit = EngineProcess.submit, _submit
+original_submit, EngineClient.submit = EngineClient.submit, _submit
 original_enqueue, Engine.enqueue = Engine.enqueue, _enqueue
-original_start, Engine._start = Engine._start, _start
+original_add, Sampler.add = Sampler.add, _add
 original_prefill_chunk, ModelRunner.prefill_chunk = ModelRunner.prefill_chunk, _prefill_chunk
 original_decode, ModelRunner.decode = ModelRunner.decode, _decode
 original_sample, Sampler.sample = Sampler.sample, _sample

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from server.engine.loader import cpu_has_native_bf16
+from server.engine.model.loader import cpu_has_native_bf16
 from tests.integration.server_process import ServerProcess
 from tests.integration.sse import stream, streamed_text
 

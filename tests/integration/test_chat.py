@@ -2,7 +2,7 @@
 
 import pytest
 
-from prompting import drop_reply_space
+from prompting import drop_label_space
 from tests import tokenizers
 from tests.integration.sse import data_events, stream
 from tests.integration.test_errors import assert_openai_error
@@ -58,7 +58,7 @@ def test_render_is_what_generation_uses(client):
     chatted = chat(client, **greedy)
     assert chatted["usage"]["prompt_tokens"] == len(rendered["token_ids"])
     completed = client.post("/v1/completions", json={"prompt": rendered["prompt"], "stop": ["\n\n::::"], **greedy})
-    assert drop_reply_space(completed.json()["choices"][0]["text"]) == chatted["choices"][0]["message"]["content"]
+    assert drop_label_space(completed.json()["choices"][0]["text"]) == chatted["choices"][0]["message"]["content"]
 
 
 def test_several_turns_count_label_marks(client):
@@ -96,7 +96,7 @@ def test_completions_prompt_ending_in_a_label_and_its_space(client):
     at_colon = client.post("/v1/completions", json={"prompt": prompt, **greedy}).json()
     with_space = client.post("/v1/completions", json={"prompt": prompt + " ", **greedy}).json()
     assert with_space["usage"]["prompt_tokens"] == at_colon["usage"]["prompt_tokens"]
-    assert with_space["choices"][0]["text"] == drop_reply_space(at_colon["choices"][0]["text"])
+    assert with_space["choices"][0]["text"] == drop_label_space(at_colon["choices"][0]["text"])
     raw = client.post("/v1/completions", json={"prompt": prompt + " ", "trim_label_space": False, **greedy}).json()
     assert raw["usage"]["prompt_tokens"] == at_colon["usage"]["prompt_tokens"] + 1
 

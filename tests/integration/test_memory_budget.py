@@ -7,8 +7,8 @@ import threading
 import httpx
 import pytest
 
-from server.engine.bucket_cache import bucket_widths, width_for
-from server.engine.memory import GENERATION_RESERVE_TOKENS
+from server.engine.kv.bucket_cache import bucket_widths, width_for
+from server.engine.kv.budget import GENERATION_RESERVE_TOKENS
 from tests.integration.endless import endless_request
 from tests.integration.server_process import ServerProcess
 from tests.integration.sse import data_events

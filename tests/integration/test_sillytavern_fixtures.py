@@ -7,8 +7,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from prompting import format_problems
 from tests import tokenizers
+from tests.format_check import format_problems
 from tests.integration.sse import data_events
 from tests.sillytavern import GROUP_JOIN_PREFIX, generation_body, instruct_prompt, lighthouse_group, preset
 

@@ -8,7 +8,8 @@ import httpx
 
 from sampling import SamplingParams
 from server.engine.engine import Engine
-from server.engine.loader import ModelSpec, load
+from server.engine.model.loader import load
+from server.engine.options import EngineOptions, ModelSpec
 from server.engine.request import GenerationRequest
 from tests.integration.endless import endless_request
 from tests.integration.server_process import ServerProcess
@@ -33,7 +34,7 @@ def test_a_running_request_ends_at_the_timeout_with_its_text():
 
 
 def test_a_request_that_waited_past_its_deadline_gets_503():
-    engine = Engine(load(ModelSpec()), max_running=1, prefix_cache_mb=0, kv_budget_bytes=2**30, request_timeout=0.05)
+    engine = Engine(load(ModelSpec()), EngineOptions(max_running=1, kv_cache_mb=1024, request_timeout=0.05))
     request = GenerationRequest(
         sample_id="late", prompt_ids=(1, 2, 3), params=SamplingParams(), stop_strings=(), max_tokens=5
     )

@@ -3,7 +3,7 @@
 import torch
 from transformers import DynamicCache
 
-from server.engine.attention import NAME, sdpa_with_grouped_cpu_decode, use_engine_attention
+from server.engine.forward.attention import NAME, sdpa_with_grouped_cpu_decode, use_engine_attention
 from tests.toy import tiny_llama
 
 

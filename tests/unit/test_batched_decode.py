@@ -4,10 +4,10 @@ would get alone; a captured step that fails or differs is caught."""
 import pytest
 import torch
 
-from server.engine import bucket_cache
-from server.engine.decode_check import captured_decode_problem
-from server.engine.decode_graphs import CaptureFailed, DecodeGraphs
-from server.engine.runner import ModelRunner
+from server.engine.forward.decode_graphs import CaptureFailed, DecodeGraphs
+from server.engine.forward.runner import ModelRunner
+from server.engine.forward.self_check import captured_decode_problem
+from server.engine.kv import bucket_cache
 from tests.toy import prefill, tiny_llama
 
 
@@ -63,7 +63,7 @@ def test_backing_off_equals_a_cold_start_on_the_shorter_history(captured):
         logits = runner.decode([("other", 1), ("x", tokens[-1])])
         tokens.append(int(logits[1].argmax()))
     # Back off to 2 generated tokens: the cache keeps prompt + tokens[:1]; tokens[1] is fed again.
-    runner.crop("x", len(prompt) + 1)
+    runner.truncate("x", len(prompt) + 1)
     again = runner.decode([("other", 1), ("x", tokens[1])])[1]
     cold = prefill(ModelRunner(model, torch.device("cpu"), prefix_budget_tokens=0), "y", prompt + tokens[:2])
     torch.testing.assert_close(again, cold, atol=1e-5, rtol=1e-5)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from server.engine.bucket_cache import BucketCache, bucket_widths, capacity_for, width_for
+from server.engine.kv.bucket_cache import BucketCache, bucket_widths, capacity_for, width_for
 from tests.toy import tiny_llama
 
 
@@ -48,11 +48,11 @@ def test_rows_join_extract_and_leave_exactly():
     assert cache.rows == ["a", "b", "c"] and cache.allocated_tokens == 256 + 2 * 384
     assert cache.footprint([40, 300, 300]) == cache.allocated_tokens
     assert cache.footprint([40, 300, 300, 300]) == 256 + 3 * 384 and cache.footprint([1] * 5) == 6 * 256
-    for row_id, source in (("a", first), ("c", second)):
-        extracted = cache.extract(row_id)
+    for sample_id, source in (("a", first), ("c", second)):
+        extracted = cache.extract(sample_id)
         for mine, theirs in zip(extracted.layers, source.layers, strict=True):
             assert torch.equal(mine.keys, theirs.keys) and torch.equal(mine.values, theirs.values)
-    cache.forget_last("c", 10)
+    cache.truncate("c", 290)
     assert cache.real_length("c") == 290
     cache.remove("b")
     cache.advance({"a": 0, "c": 0}, padded=False)

@@ -1,7 +1,7 @@
 import pytest
 
-from server.engine.detokenizer import IncrementalDetokenizer, token_bytes_table
-from server.engine.stops import StopMatcher
+from server.engine.text.detokenizer import IncrementalDetokenizer, token_bytes_table
+from server.engine.text.stops import StopMatcher
 from tests import tokenizers
 
 TEXTS = [

@@ -8,8 +8,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sampling import Sampler, SamplingParams
-from server.engine.detokenizer import token_bytes_table, token_texts
+from sampling import SamplingParams
+from sampling.sampler import Sampler
+from server.engine.text.detokenizer import token_bytes_table, token_texts
 from tests import tokenizers
 from tests.dry_reference import dry_penalties, reference_dry
 from tests.toy import greedy_tokenizer

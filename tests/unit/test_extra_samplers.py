@@ -7,8 +7,10 @@ import math
 import pytest
 import torch
 
-from sampling import Sampler, SamplingParams, probabilities
+from sampling import SamplingParams
 from sampling.filters import mask_tail_free, mask_typical
+from sampling.sampler import Sampler
+from tests.distribution import probabilities
 
 VOCAB = [f"w{i}" for i in range(8)]
 NEUTRAL = {"dry_multiplier": 0.0, "min_p": 0.0}

@@ -36,7 +36,7 @@ def test_the_project_keeps_every_contract():
     ("module", "line", "contract"),
     [
         ("server/engine/scheduler.py", "import fastapi", "The engine knows nothing of HTTP"),
-        ("server/engine/runner.py", "from server.settings import Settings", "The engine knows nothing of HTTP"),
+        ("server/engine/forward/runner.py", "from server.settings import Settings", "The engine knows nothing of HTTP"),
         ("sampling/filters.py", "from prompting import label", "sampling imports torch and nothing of ours"),
         ("prompting/labels.py", "import torch", "prompting is pure Python"),
         ("server/routes/health.py", "from tests import toy", "Product packages never import tests"),

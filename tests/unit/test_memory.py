@@ -2,7 +2,8 @@
 
 import torch
 
-from server.engine.memory import GENERATION_RESERVE_TOKENS, kv_budget_bytes, reservation
+from server.engine.kv.budget import GENERATION_RESERVE_TOKENS, reservation
+from server.engine.kv.memory import kv_budget_bytes
 
 
 def test_a_request_is_counted_for_its_prompt_and_what_it_may_generate_within_the_reserve():

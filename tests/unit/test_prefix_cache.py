@@ -1,7 +1,7 @@
 import torch
 
-from server.engine.prefix_cache import PrefixCache, common_prefix
-from server.engine.runner import ModelRunner
+from server.engine.forward.runner import ModelRunner
+from server.engine.kv.prefix_cache import PrefixCache, common_prefix
 from tests.toy import prefill, tiny_llama
 
 

@@ -10,15 +10,15 @@ from prompting import (
     Character,
     Message,
     PromptError,
+    RenderedPrompt,
     Setting,
-    conversation_text,
-    drop_reply_space,
+    drop_label_space,
     ends_with_label_space,
-    format_problems,
     parse_turns,
     render_prompt,
 )
 from tests import tokenizers
+from tests.format_check import format_problems
 
 PRESETS = Path(__file__).resolve().parents[2] / "prompting" / "presets"
 LLAMA3_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>", "<|start_header_id|>"]
@@ -71,6 +71,11 @@ CARD_MESSAGES = [
     ),
     Message("user", "Can you write in a more cheerful tone?", ooc=True),
 ]
+
+
+def conversation_text(prompt: RenderedPrompt, reply: str) -> str:
+    """The whole conversation once `reply` is the speaker's turn (the counterpart of `drop_label_space`)."""
+    return f"{prompt.text} {reply}"
 
 
 def test_the_cards_conversation_exactly():
@@ -152,8 +157,8 @@ def test_completion_prompts_ending_in_a_label_and_its_space():
     assert ends_with_label_space("::::assistant: ")
     assert not ends_with_label_space("::::assistant:Nanashi:")
     assert not ends_with_label_space("She said: ")
-    assert drop_reply_space(" Hello") == "Hello"
-    assert drop_reply_space("\nHello") == "\nHello"
+    assert drop_label_space(" Hello") == "Hello"
+    assert drop_label_space("\nHello") == "\nHello"
 
 
 names = st.text(

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from prompting import Character, Setting, format_problems, render_prompt
+from prompting import Character, Setting, render_prompt
 from prompting import Message as Message_
 from sampling import SamplingParams
 from server.protocol.completions import CompletionRequest
 from server.protocol.llamacpp import LlamaCppCompletionRequest
 from server.sampling_preset import load_preset
+from tests.format_check import format_problems
 from tests.sillytavern import (
     GROUP_JOIN_PREFIX,
     Card,

@@ -1,6 +1,6 @@
 import pytest
 
-from server.engine.stops import StopMatcher, StopScan, scan_for_stops
+from server.engine.text.stops import StopMatcher, StopScan, scan_for_stops
 
 
 def feed(pieces: list[str], stops: list[str]) -> tuple[list[str], bool]:

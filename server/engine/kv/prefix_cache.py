@@ -28,8 +28,6 @@ class PrefixCache:
     def __init__(self, budget_tokens: int) -> None:
         self.budget_tokens = budget_tokens
         self._entries: OrderedDict[tuple[int, ...], DynamicCache] = OrderedDict()
-        self.hits = 0
-        self.lookups = 0
 
     @property
     def tokens(self) -> int:
@@ -57,22 +55,29 @@ class PrefixCache:
         while self._entries and self.tokens > tokens:
             self._entries.popitem(last=False)
 
+    def reusable(self, prompt_ids: Sequence[int]) -> int:
+        """How many of the prompt's first tokens `take` would give a cache for."""
+        return self._longest(prompt_ids)[1]
+
     def take(self, prompt_ids: Sequence[int]) -> tuple[DynamicCache | None, int]:
         """A private copy of the cache of the longest kept prefix of `prompt_ids`, cropped to it, and its length.
         At least the prompt's last token is left to prefill: its logits start generation."""
-        self.lookups += 1
-        best_key, best = None, 0
-        for key in self._entries:
-            length = common_prefix(key, prompt_ids)
-            if length > best:
-                best_key, best = key, length
-        best = min(best, len(prompt_ids) - 1)
-        if best_key is None or best <= 0:
+        best_key, best = self._longest(prompt_ids)
+        if best_key is None:
             return None, 0
-        self.hits += 1
         self._entries.move_to_end(best_key)
         cache = copy.deepcopy(self._entries[best_key])
         surplus = cache.get_seq_length() - best
         if surplus > 0:
             cache.crop(-surplus)  # transformers 5 takes the number of positions to drop, negated
         return cache, best
+
+    def _longest(self, prompt_ids: Sequence[int]) -> tuple[tuple[int, ...] | None, int]:
+        """The entry sharing the most first tokens with the prompt, and how many it gives (never the last)."""
+        best_key, best = None, 0
+        for key in self._entries:
+            length = common_prefix(key, prompt_ids)
+            if length > best:
+                best_key, best = key, length
+        best = min(best, len(prompt_ids) - 1)
+        return (best_key, best) if best > 0 else (None, 0)

@@ -10,8 +10,10 @@ import json
 import re
 from collections.abc import Callable, Sequence
 from functools import cache
+from typing import TYPE_CHECKING
 
-from transformers import PreTrainedTokenizerBase
+if TYPE_CHECKING:  # the tokenizer object only: the HTTP process never imports transformers' modules itself
+    from transformers import PreTrainedTokenizerBase
 
 _BYTE_FALLBACK = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 
@@ -30,7 +32,7 @@ def _byte_level_alphabet() -> dict[str, int]:
     return {chr(char): byte for byte, char in zip(printable, chars, strict=True)}
 
 
-def token_bytes_table(tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> list[bytes]:
+def token_bytes_table(tokenizer: "PreTrainedTokenizerBase", vocab_size: int) -> list[bytes]:
     """The bytes of every token id below `vocab_size`; special tokens map to their text, ids past the tokenizer
     to nothing."""
     piece_bytes = _piece_decoder(tokenizer)
@@ -43,7 +45,7 @@ def token_bytes_table(tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> li
     return table + [b""] * (vocab_size - len(table))
 
 
-def _piece_decoder(tokenizer: PreTrainedTokenizerBase) -> Callable[[int, str], bytes]:
+def _piece_decoder(tokenizer: "PreTrainedTokenizerBase") -> Callable[[int, str], bytes]:
     """How a vocabulary piece maps back to bytes, read from the tokenizer's own decoder pipeline."""
     decoder = json.dumps(json.loads(tokenizer.backend_tokenizer.to_str()).get("decoder"))
     if '"ByteLevel"' in decoder:

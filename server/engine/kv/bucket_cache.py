@@ -9,13 +9,12 @@ position is its length, and backing off (banned strings) is shortening it.
 Each bucket is one pre-allocated tensor per layer of `capacity` slots, capacities stepping 1, 2, 3, 4, 6, 8, 12,
 ... (batch-size buckets): its rows fill the first slots, and a row that leaves is replaced by the last one, so a
 row's storage never moves while it stays in its bucket. A bucket is re-allocated only when its row count crosses a
-capacity step, and each re-allocation gets a new `generation`: a captured decode step (server/engine/
+capacity step, and each re-allocation gets a new `generation`: a captured decode step (server/engine/forward/
 decode_graphs.py) is valid for exactly the buckets' (width, capacity, generation) it was captured on.
 
-A decode step is one forward over every row (server/engine/decode_step.py): `advance` lays the rows out bucket by
-bucket (eager: the rows there are; padded: every slot, for a step of fixed shapes), this object is the forward's
-cache (`update` writes each row's new key and value at its length) and tells the attention (server/engine/
-attention.py) which rows form each bucket, so that each bucket's rows attend to their own keys.
+A decode step is one forward over every row (server/engine/forward/decode_step.py): `advance` lays the rows out
+bucket by bucket (eager: the rows there are; padded: every slot, for a step of fixed shapes) into a DecodeBatch,
+which the forward reads and writes through a StepLayout (step_layout.py).
 """
 
 import itertools
@@ -26,6 +25,8 @@ from typing import NamedTuple
 
 import torch
 from transformers import DynamicCache
+
+from server.engine.kv.step_layout import BucketStep, DecodeBatch
 
 # The narrowest bucket, in tokens; each next one is about sqrt(2) wider, rounded to this multiple.
 FIRST_WIDTH = 256
@@ -71,25 +72,6 @@ class _Bucket:
         return self.keys[0].shape[0] if self.keys else 0
 
 
-class BucketStep(NamedTuple):
-    """One bucket's part of a decode batch."""
-
-    keys: list[torch.Tensor]  # per layer, the bucket's whole tensor
-    values: list[torch.Tensor]
-    start: int  # its first row in the batch
-    count: int  # its rows in the batch (padded: every slot)
-    span: int  # the columns its attention reads
-
-
-class DecodeBatch(NamedTuple):
-    """One decode step's rows, laid out bucket by bucket."""
-
-    index: dict[str, int]  # where each running row sits in the batch
-    inputs: torch.Tensor  # [2, batch] on the CPU: each row's token and position (padding rows: 0, 0)
-    buckets: list[BucketStep]
-    shape: tuple  # what a padded step's shapes and addresses depend on: each bucket's (width, rows, generation)
-
-
 class BucketCheckpoint(NamedTuple):
     lengths: dict[str, int]  # each row's length before a step
 
@@ -104,10 +86,6 @@ class BucketCache:
         self._head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         self.widths = bucket_widths(context_length)
         self._buckets = [_Bucket(width) for width in self.widths]
-        # Views of this give each bucket's column numbers. It never changes, so a captured step may read it.
-        self._column_numbers = torch.arange(self.widths[-1], device=device)
-        # This step's buckets: (their BucketStep, slot numbers, the column each row writes, attention mask).
-        self._step: list[tuple] = []
 
     def __len__(self) -> int:
         return sum(len(bucket.rows) for bucket in self._buckets)
@@ -129,37 +107,37 @@ class BucketCache:
             rows[self.widths.index(width_for(tokens + 1, self.widths))] += 1
         return sum(capacity_for(count) * width for count, width in zip(rows, self.widths, strict=True))
 
-    def real_length(self, row_id: str) -> int:
-        bucket, slot = self._find(row_id)
+    def real_length(self, sample_id: str) -> int:
+        bucket, slot = self._find(sample_id)
         return bucket.lengths[slot]
 
-    def join(self, row_id: str, cache: DynamicCache) -> None:
+    def join(self, sample_id: str, cache: DynamicCache) -> None:
         """Adds a prefilled sequence (its own cache, all positions real)."""
         length = cache.get_seq_length()
         layers = [layer for layer in cache.layers if layer.keys is not None]
-        self._insert(row_id, length, [layer.keys for layer in layers], [layer.values for layer in layers])
+        self._insert(sample_id, length, [layer.keys for layer in layers], [layer.values for layer in layers])
 
-    def duplicate(self, source_id: str, row_id: str) -> None:
+    def duplicate(self, source_id: str, sample_id: str) -> None:
         """A second sample of a prompt starts from a copy of its row."""
         bucket, slot = self._find(source_id)
-        self._insert(row_id, bucket.lengths[slot], *self._row(bucket, slot))
+        self._insert(sample_id, bucket.lengths[slot], *self._row(bucket, slot))
 
-    def forget_last(self, row_id: str, count: int) -> None:
-        """A back-off: the row's last `count` positions go (the next steps overwrite them)."""
-        bucket, slot = self._find(row_id)
-        bucket.lengths[slot] -= count
+    def truncate(self, sample_id: str, length: int) -> None:
+        """A back-off: the row keeps its first `length` positions (the next steps overwrite the others)."""
+        bucket, slot = self._find(sample_id)
+        bucket.lengths[slot] = length
 
-    def extract(self, row_id: str) -> DynamicCache:
+    def extract(self, sample_id: str) -> DynamicCache:
         """A standalone cache of one row's positions (for the prefix cache)."""
-        bucket, slot = self._find(row_id)
+        bucket, slot = self._find(sample_id)
         length = bucket.lengths[slot]
         extracted = DynamicCache(config=self._config)
         for layer, (keys, values) in enumerate(zip(*self._row(bucket, slot), strict=True)):
             extracted.update(keys[:, :, :length].clone(), values[:, :, :length].clone(), layer)
         return extracted
 
-    def remove(self, row_id: str) -> None:
-        self._free(*self._find(row_id))
+    def remove(self, sample_id: str) -> None:
+        self._free(*self._find(sample_id))
 
     def checkpoint(self) -> BucketCheckpoint:
         return BucketCheckpoint(
@@ -198,52 +176,17 @@ class BucketCache:
             shape.append((bucket.width, count, bucket.generation))
         return DecodeBatch(index, torch.tensor([fed, positions]), steps, tuple(shape))
 
-    def begin_step(self, batch: DecodeBatch, positions: torch.Tensor) -> None:
-        """Prepares the forward of `batch`, whose positions are `positions` on the device: where each row writes,
-        and each bucket's attention mask (each row sees its positions and the one this step writes; columns beyond
-        are stale). Run inside the forward, so that a captured step recomputes them from its inputs."""
-        self._step = []
-        for part in batch.buckets:
-            columns = positions[part.start : part.start + part.count]
-            mask = self._column_numbers[: part.span] <= columns.unsqueeze(1)
-            slots = torch.arange(part.count, device=self._device)
-            self._step.append((part, slots, columns, mask[:, None, None, :]))
-
-    def update(
-        self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, **_: object
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Called by each layer of the forward: writes every row's new key and value at its position. What it
-        returns is not read (the bucket attention reads the buckets)."""
-        for part, slots, columns, _ in self._step:
-            rows = slice(part.start, part.start + part.count)
-            part.keys[layer_idx][slots, :, columns] = key_states[rows, :, 0].to(self._dtype)
-            part.values[layer_idx][slots, :, columns] = value_states[rows, :, 0].to(self._dtype)
-        return key_states, value_states
-
-    def attention_groups(self, layer_idx: int) -> list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """For each bucket in this step: its first row in the batch, and its keys, values and mask over the columns
-        it reads ([rows, kv heads, span, head dim] and [rows, 1, 1, span])."""
-        return [
-            (
-                part.start,
-                part.keys[layer_idx][: part.count, :, : part.span],
-                part.values[layer_idx][: part.count, :, : part.span],
-                mask,
-            )
-            for part, _, _, mask in self._step
-        ]
-
-    def _find(self, row_id: str) -> tuple[_Bucket, int]:
+    def _find(self, sample_id: str) -> tuple[_Bucket, int]:
         for bucket in self._buckets:
-            if row_id in bucket.rows:
-                return bucket, bucket.rows.index(row_id)
-        raise KeyError(row_id)
+            if sample_id in bucket.rows:
+                return bucket, bucket.rows.index(sample_id)
+        raise KeyError(sample_id)
 
     def _row(self, bucket: _Bucket, slot: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """A row's keys and values per layer, [1, kv heads, width, head dim] views of its slot."""
         return [k[slot : slot + 1] for k in bucket.keys], [v[slot : slot + 1] for v in bucket.values]
 
-    def _insert(self, row_id: str, length: int, keys: list[torch.Tensor], values: list[torch.Tensor]) -> None:
+    def _insert(self, sample_id: str, length: int, keys: list[torch.Tensor], values: list[torch.Tensor]) -> None:
         """Adds a row of `length` positions (`keys`/`values` per layer, [1, heads, >= length, head dim]) to the
         narrowest bucket holding them and the next one."""
         bucket = self._buckets[self.widths.index(width_for(length + 1, self.widths))]
@@ -253,7 +196,7 @@ class BucketCache:
         for layer in range(self._layers):
             bucket.keys[layer][slot, :, :length] = keys[layer][0, :, :length]
             bucket.values[layer][slot, :, :length] = values[layer][0, :, :length]
-        bucket.rows.append(row_id)
+        bucket.rows.append(sample_id)
         bucket.lengths.append(length)
 
     def _free(self, bucket: _Bucket, slot: int) -> None:
@@ -295,8 +238,8 @@ class BucketCache:
         resized[kept:].zero_()
         return resized
 
-    def _move_up(self, row_id: str) -> None:
+    def _move_up(self, sample_id: str) -> None:
         """A full row moves to the next bucket (copied there before its slot here is freed)."""
-        bucket, slot = self._find(row_id)
-        self._insert(row_id, bucket.lengths[slot], *self._row(bucket, slot))
+        bucket, slot = self._find(sample_id)
+        self._insert(sample_id, bucket.lengths[slot], *self._row(bucket, slot))
         self._free(bucket, slot)

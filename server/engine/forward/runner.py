@@ -2,7 +2,7 @@
 
 A prompt is prefilled on its own cache (starting from the longest cached prefix), in chunks so that a long prompt
 does not stall the running streams, then joins the bucketed batch cache; each decode step is one forward over all
-rows, eager or captured (one CUDA graph per padded batch shape: server/engine/decode_graphs.py).
+rows, eager or captured (one CUDA graph per padded batch shape: server/engine/forward/decode_graphs.py).
 """
 
 import logging
@@ -12,11 +12,12 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from server.engine.attention import use_engine_attention
-from server.engine.bucket_cache import BucketCache, DecodeBatch
-from server.engine.decode_graphs import CaptureFailed, DecodeGraphs
-from server.engine.decode_step import DecodeStep
-from server.engine.prefix_cache import PrefixCache
+from server.engine.forward.attention import use_engine_attention
+from server.engine.forward.decode_graphs import CaptureFailed, DecodeGraphs
+from server.engine.forward.decode_step import DecodeStep
+from server.engine.kv.bucket_cache import BucketCache
+from server.engine.kv.prefix_cache import PrefixCache
+from server.engine.kv.step_layout import DecodeBatch
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +37,11 @@ class ModelRunner:
     ) -> None:
         """`captured`: decode steps run as captured graphs of padded batches (on the CPU: the same padded step,
         uncaptured); `use_eager` turns that off."""
-        self._model = model
+        self.model = model  # read by the test servers that inject faults into its forward
         self._device = device
         use_engine_attention(model)
         self._batch = BucketCache(model.config, device, model.dtype, model.config.max_position_embeddings)
-        self._step = DecodeStep(model, self._batch, device)
+        self._step = DecodeStep(model, device)
         self._graphs = DecodeGraphs(self._step, device) if captured else None
         self._pending: dict[str, _Prefill] = {}
         self._prefixes = PrefixCache(prefix_budget_tokens)
@@ -58,8 +59,8 @@ class ModelRunner:
     def prefix_cache(self) -> PrefixCache:
         return self._prefixes
 
-    def is_prefilling(self, sequence_id: str) -> bool:
-        return sequence_id in self._pending
+    def is_prefilling(self, sample_id: str) -> bool:
+        return sample_id in self._pending
 
     @property
     def running_caches(self) -> int:
@@ -75,29 +76,29 @@ class ModelRunner:
         """KV positions allocated for the running rows, padding and holes included."""
         return self._batch.allocated_tokens
 
-    def start_prefill(self, sequence_id: str, token_ids: Sequence[int]) -> None:
+    def start_prefill(self, sample_id: str, token_ids: Sequence[int]) -> None:
         """Begins a prompt from the longest cached prefix; `prefill_chunk` runs the rest."""
         cache, reused = self._prefixes.take(token_ids)
-        self._pending[sequence_id] = _Prefill(cache or DynamicCache(config=self._model.config), token_ids, reused)
+        self._pending[sample_id] = _Prefill(cache or DynamicCache(config=self.model.config), token_ids, reused)
         self.reused_tokens += reused
 
-    def prefill_remaining(self, sequence_id: str) -> int:
-        pending = self._pending[sequence_id]
+    def prefill_remaining(self, sample_id: str) -> int:
+        pending = self._pending[sample_id]
         return len(pending.token_ids) - pending.done
 
-    def prefill_chunk(self, sequence_id: str, budget: int) -> torch.Tensor | None:
+    def prefill_chunk(self, sample_id: str, budget: int) -> torch.Tensor | None:
         """Runs up to `budget` more prompt tokens. When the prompt is done, the sequence joins the batch and its
         next-token logits (vocab,) are returned; before that, None."""
-        pending = self._pending[sequence_id]
+        pending = self._pending[sample_id]
         chunk = pending.token_ids[pending.done : pending.done + budget]
         input_ids = torch.tensor([list(chunk)], device=self._device)
-        logits = self._model(input_ids=input_ids, cache=pending.cache, use_cache=True, logits_to_keep=1).logits[0, -1]
+        logits = self.model(input_ids=input_ids, cache=pending.cache, use_cache=True, logits_to_keep=1).logits[0, -1]
         pending.done += len(chunk)
         self.prefilled_tokens += len(chunk)
         if pending.done < len(pending.token_ids):
             return None
-        del self._pending[sequence_id]
-        self._batch.join(sequence_id, pending.cache)
+        del self._pending[sample_id]
+        self._batch.join(sample_id, pending.cache)
         return logits
 
     def decode(self, steps: Sequence[tuple[str, int]]) -> torch.Tensor:
@@ -128,7 +129,7 @@ class ModelRunner:
         except BaseException:
             self._batch.restore(checkpoint)  # so that the rows that are not at fault can go on
             raise
-        index = torch.tensor([batch.index[sequence_id] for sequence_id, _ in steps], device=self._device)
+        index = torch.tensor([batch.index[sample_id] for sample_id, _ in steps], device=self._device)
         return logits.index_select(0, index)
 
     def _forward(self, tokens: dict[str, int], *, captured: bool) -> tuple[DecodeBatch, torch.Tensor]:
@@ -137,20 +138,20 @@ class ModelRunner:
             return batch, self._graphs.run(batch)
         return batch, self._step(batch, batch.inputs.to(self._device))
 
-    def fork(self, source_id: str, sequence_id: str) -> None:
+    def fork(self, source_id: str, sample_id: str) -> None:
         """A second sample of the same prompt starts from a copy of the prompt's row: no second prefill."""
-        self._batch.duplicate(source_id, sequence_id)
+        self._batch.duplicate(source_id, sample_id)
 
-    def crop(self, sequence_id: str, length: int) -> None:
-        """Keeps the first `length` positions of a sequence (backing off a banned string)."""
-        self._batch.forget_last(sequence_id, self._batch.real_length(sequence_id) - length)
+    def truncate(self, sample_id: str, length: int) -> None:
+        """Keeps the first `length` positions of a sample's row (backing off a banned string)."""
+        self._batch.truncate(sample_id, length)
 
-    def release(self, sequence_id: str, token_ids: Sequence[int] | None = None) -> None:
+    def release(self, sample_id: str, token_ids: Sequence[int] | None = None) -> None:
         """Frees a sequence's rows, keeping its cache for later prompts when `token_ids` (what it holds) are given."""
-        self._pending.pop(sequence_id, None)
-        if sequence_id not in self._batch.rows:
+        self._pending.pop(sample_id, None)
+        if sample_id not in self._batch.rows:
             return
         keep = token_ids is not None and self._prefixes.budget_tokens > 0
-        if keep and self._batch.real_length(sequence_id) == len(token_ids):
-            self._prefixes.put(tuple(token_ids), self._batch.extract(sequence_id))
-        self._batch.remove(sequence_id)
+        if keep and self._batch.real_length(sample_id) == len(token_ids):
+            self._prefixes.put(tuple(token_ids), self._batch.extract(sample_id))
+        self._batch.remove(sample_id)

@@ -9,8 +9,8 @@ from bisect import bisect_right
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from server.engine.detokenizer import IncrementalDetokenizer
-from server.engine.stops import StopCheckpoint, StopMatcher, StopScan
+from server.engine.text.detokenizer import IncrementalDetokenizer
+from server.engine.text.stops import StopCheckpoint, StopMatcher, StopScan
 
 # After this many back-offs a request ends with what it has: a model that keeps writing a banned string must not
 # spin forever.

@@ -8,8 +8,8 @@ eager tokens, so one flip cannot make every later step differ.
 
 import torch
 
-from server.engine.decode_graphs import CaptureFailed
-from server.engine.runner import ModelRunner
+from server.engine.forward.decode_graphs import CaptureFailed
+from server.engine.forward.runner import ModelRunner
 
 CHECK_STEPS = 4
 # (absolute, relative to the largest logit): rounding differences between the two attention layouts.

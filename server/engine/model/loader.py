@@ -3,35 +3,22 @@
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from server.engine import default_model
-from server.engine.errors import ModelLoadError
-from server.engine.vocabulary import Vocabulary
+from server.engine.model import default_model
+from server.engine.options import ModelLoadError, ModelSpec, served_name
+from server.engine.text.vocabulary import Vocabulary
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What to load and where: the loader's own view of the settings."""
-
-    model: str | None = None  # a hub id or a folder; None: the embedded model
-    adapter: str | None = None
-    merge: bool = True
-    device: str = "auto"
-    dtype: str = "auto"
-    served_name: str | None = None
-    cache_dir: Path = field(default_factory=default_model.default_cache_dir)
 
 
 @dataclass(frozen=True)
@@ -47,10 +34,7 @@ class LoadedModel:
 def resolve_device(requested: str) -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(requested)
-    except RuntimeError as error:
-        raise ModelLoadError(f"unknown device '{requested}': use auto, cpu, cuda or cuda:N") from error
+    device = torch.device(requested)  # spelled right: ModelSpec checks
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ModelLoadError(f"--device {requested} was requested but no CUDA GPU is available")
@@ -79,13 +63,6 @@ def base_model_source(spec: ModelSpec) -> str:
     if spec.model is None:
         return str(default_model.embedded_model_folder(spec.cache_dir))
     return _local_or_hub(spec.model, "model", "config.json")
-
-
-def served_name(spec: ModelSpec) -> str:
-    if spec.served_name:
-        return spec.served_name
-    source = spec.adapter or spec.model
-    return Path(source.rstrip("/")).name if source else default_model.NAME
 
 
 def load(spec: ModelSpec) -> LoadedModel:

@@ -1,16 +1,18 @@
 """The served model's tokenizer and its tables: what the serving layer may ask of the model without touching it
-(encoding with the BOS rule, decoding, one token's text, which texts are special tokens)."""
+(encoding with the BOS rule, decoding, one token's text, which texts are special tokens). It is built in the
+engine process and sent to the HTTP process, which thus needs the tokenizer but never torch."""
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from transformers import PreTrainedTokenizerBase
+from server.engine.text.detokenizer import token_bytes_table, token_texts
 
-from server.engine.detokenizer import token_bytes_table, token_texts
-from server.engine.tokenization import encode_prompt, with_bos
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 class Vocabulary:
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, size: int, eos_ids: frozenset[int]) -> None:
+    def __init__(self, tokenizer: "PreTrainedTokenizerBase", size: int, eos_ids: frozenset[int]) -> None:
         self.tokenizer = tokenizer
         self.size = size
         self.eos_ids = eos_ids
@@ -24,8 +26,10 @@ class Vocabulary:
         )
 
     def encode(self, text: str, *, add_bos: bool) -> list[int]:
-        """The text's ids with exactly one BOS when asked (see tokenization.encode_prompt)."""
-        return encode_prompt(self.tokenizer, text, add_bos=add_bos)
+        """The text's ids, BOS first when asked. A text that already starts with the BOS text (for Llama-3,
+        `<|begin_of_text|>`) is read as the special token itself, so it is never doubled."""
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        return self.with_bos(ids) if add_bos else ids
 
     def with_bos(self, ids: Sequence[int]) -> list[int]:
         return with_bos(ids, self.bos_id)
@@ -48,3 +52,10 @@ class Vocabulary:
     def tokenize_plain(self, text: str) -> list[int]:
         """Ids of `text` with no special tokens added (how the sampler tokenises breaker strings)."""
         return self.tokenizer.encode(text, add_special_tokens=False)
+
+
+def with_bos(ids: Sequence[int], bos_id: int | None) -> list[int]:
+    """`ids` starting with exactly one BOS (where the model has one)."""
+    if bos_id is None or (ids and ids[0] == bos_id):
+        return list(ids)
+    return [bos_id, *ids]

@@ -1,7 +1,7 @@
 """Captured decode: one CUDA graph per padded batch shape, captured the first time that shape occurs and replayed
 after, so that a decode step costs one launch instead of one per operation (about 1,300 for Llama-3.1-8B).
 
-A shape is each occupied bucket's (width, capacity, generation) (server/engine/bucket_cache.py): the bucket
+A shape is each occupied bucket's (width, capacity, generation) (server/engine/kv/bucket_cache.py): the bucket
 tensors a graph writes and reads stay where they are until the bucket is re-allocated, which gives it a new
 generation. Graphs share one memory pool (they never run at the same time); the least recently used go beyond
 MAX_GRAPHS. On a device without CUDA graphs (the CPU) the same padded step runs directly: the shapes and the code
@@ -15,8 +15,8 @@ from typing import NamedTuple
 
 import torch
 
-from server.engine.bucket_cache import DecodeBatch
-from server.engine.decode_step import DecodeStep
+from server.engine.forward.decode_step import DecodeStep
+from server.engine.kv.step_layout import DecodeBatch
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,10 @@
 """The engine's attention: transformers' SDPA, with the decode step over width buckets done bucket by bucket, and
 one CPU decode case routed to a faster kernel call.
 
-A decode step of the bucketed batch cache (server/engine/bucket_cache.py) attends each bucket's rows to that
-bucket's keys. Otherwise: a decode step (one query token) of a single unpadded sequence reaches SDPA without a
-mask, and transformers then asks torch for grouped-query attention (`enable_gqa`); on CPU that kernel is several
+A decode step of the bucketed batch cache (server/engine/kv/bucket_cache.py) writes its keys and values into the
+buckets and attends each bucket's rows to that bucket's keys, through the step's layout (kv/step_layout.py).
+Otherwise: a decode step (one query token) of a single unpadded sequence reaches SDPA without a mask, and
+transformers then asks torch for grouped-query attention (`enable_gqa`); on CPU that kernel is several
 times slower in bf16 than the same attention with the query heads grouped under their key/value head (measured
 in bench/RESULTS.md). Every other case is transformers' SDPA.
 """
@@ -13,7 +14,7 @@ from transformers import AttentionInterface, PreTrainedModel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
-from server.engine.bucket_cache import BucketCache
+from server.engine.kv.step_layout import StepLayout
 
 NAME = "rpserve_sdpa"
 
@@ -42,18 +43,19 @@ def bucket_attention(
     key: torch.Tensor,
     value: torch.Tensor,
     attention_mask: torch.Tensor | None,
-    bucket_layout: BucketCache | None = None,
+    bucket_layout: StepLayout | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
-    """A decode step over the width buckets (server/engine/bucket_cache.py): each bucket's rows attend to their
-    own keys up to the bucket's longest row, query heads grouped under their key/value head. Anything else (a
-    prefill, a batch cache of one tensor) is SDPA as above."""
+    """A decode step over the width buckets: `key` and `value` (this step's) are written into the buckets, then
+    each bucket's rows attend to their own keys up to the bucket's longest row, query heads grouped under their
+    key/value head. Anything else (a prefill) is SDPA as above."""
     if bucket_layout is None:
         return sdpa_with_grouped_cpu_decode(module, query, key, value, attention_mask, **kwargs)
+    bucket_layout.write(module.layer_idx, key, value)
     groups = getattr(module, "num_key_value_groups", 1)
     _, heads, _, head_dim = query.shape
     outputs = []
-    for start, keys, values, mask in bucket_layout.attention_groups(module.layer_idx):
+    for start, keys, values, mask in bucket_layout.groups(module.layer_idx):
         count = keys.shape[0]
         grouped = query[start : start + count].reshape(count, heads // groups, groups, head_dim)
         output = torch.nn.functional.scaled_dot_product_attention(

@@ -1,0 +1,72 @@
+"""One decode step over the bucketed batch cache (bucket_cache.py), as the forward sees it.
+
+`BucketCache.advance` lays the rows out bucket by bucket into a `DecodeBatch` (host side: which rows, in which
+bucket tensors, how wide each bucket's attention reads). Inside the forward, `StepLayout` turns that and the
+step's positions (on the device) into where each row writes and each bucket's attention mask; it is the one seam
+between the model and the cache: the decode step passes it to the model as the `bucket_layout` keyword, which
+transformers hands to every attention call (forward/attention.py), where each layer writes its new keys and values
+and attends bucket by bucket. Computed inside the forward, so that a captured step recomputes it from its inputs.
+"""
+
+from typing import NamedTuple
+
+import torch
+
+
+class BucketStep(NamedTuple):
+    """One bucket's part of a decode batch."""
+
+    keys: list[torch.Tensor]  # per layer, the bucket's whole tensor [capacity, kv heads, width, head dim]
+    values: list[torch.Tensor]
+    start: int  # its first row in the batch
+    count: int  # its rows in the batch (padded: every slot)
+    span: int  # the columns its attention reads
+
+
+class DecodeBatch(NamedTuple):
+    """One decode step's rows, laid out bucket by bucket."""
+
+    index: dict[str, int]  # where each running sample's row sits in the batch
+    inputs: torch.Tensor  # [2, batch] on the CPU: each row's token and position (padding rows: 0, 0)
+    buckets: list[BucketStep]
+    shape: tuple  # what a padded step's shapes and addresses depend on: each bucket's (width, rows, generation)
+
+
+class _Part(NamedTuple):
+    bucket: BucketStep
+    slots: torch.Tensor  # the bucket's slots this step writes, 0..count-1
+    columns: torch.Tensor  # the column each of those rows writes: its position
+    mask: torch.Tensor  # [rows, 1, 1, span]: each row sees its positions and the one this step writes
+
+
+class StepLayout:
+    def __init__(self, batch: DecodeBatch, positions: torch.Tensor) -> None:
+        """`positions`: the batch's positions, on the device (the second row of its inputs)."""
+        self._parts = []
+        for bucket in batch.buckets:
+            columns = positions[bucket.start : bucket.start + bucket.count]
+            # Columns beyond a row's position are stale (or another row's, after a back-off): masked.
+            visible = torch.arange(bucket.span, device=positions.device) <= columns.unsqueeze(1)
+            slots = torch.arange(bucket.count, device=positions.device)
+            self._parts.append(_Part(bucket, slots, columns, visible[:, None, None, :]))
+
+    def write(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Stores every row's new key and value ([batch, kv heads, 1, head dim]) at its position."""
+        for part in self._parts:
+            rows = slice(part.bucket.start, part.bucket.start + part.bucket.count)
+            stored = part.bucket.keys[layer]
+            stored[part.slots, :, part.columns] = keys[rows, :, 0].to(stored.dtype)
+            part.bucket.values[layer][part.slots, :, part.columns] = values[rows, :, 0].to(stored.dtype)
+
+    def groups(self, layer: int) -> list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """For each bucket: its first row in the batch, and its keys, values and mask over the columns its
+        attention reads ([rows, kv heads, span, head dim] and [rows, 1, 1, span])."""
+        return [
+            (
+                part.bucket.start,
+                part.bucket.keys[layer][: part.bucket.count, :, : part.bucket.span],
+                part.bucket.values[layer][: part.bucket.count, :, : part.bucket.span],
+                part.mask,
+            )
+            for part in self._parts
+        ]

@@ -1,0 +1,60 @@
+"""What the engine is built from: the model to load (`ModelSpec`) and the engine's settings (`EngineOptions`), one
+object handed from the server's settings to the engine process. Torch-free: the HTTP process builds these."""
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+# The model served when none is configured (model/default_model.py) and the name it is served under.
+EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
+
+
+def default_cache_dir() -> Path:
+    """Where the embedded model's converted folder is kept unless configured."""
+    return Path.home() / ".cache" / "rpserve"
+
+
+class ModelLoadError(Exception):
+    """The model, its adapter or the requested device cannot be used; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What to load and where."""
+
+    model: str | None = None  # a hub id or a folder; None: the embedded model
+    adapter: str | None = None
+    merge: bool = True
+    device: str = "auto"
+    dtype: str = "auto"
+    served_name: str | None = None
+    cache_dir: Path = field(default_factory=default_cache_dir)
+
+    def __post_init__(self) -> None:
+        """The device's spelling is checked here, at once; whether the device exists, where the model loads."""
+        if not _DEVICE.fullmatch(self.device):
+            raise ModelLoadError(f"unknown device '{self.device}': use auto, cpu, cuda or cuda:N")
+
+
+def served_name(spec: ModelSpec) -> str:
+    if spec.served_name:
+        return spec.served_name
+    source = spec.adapter or spec.model
+    return Path(source.rstrip("/")).name if source else EMBEDDED_MODEL_NAME
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """The engine's settings, as the engine process builds it."""
+
+    model: ModelSpec = field(default_factory=ModelSpec)
+    max_running: int = 8
+    prefix_cache_mb: int = 0
+    kv_cache_mb: int | None = None  # None: a share of the device's memory once the model is loaded
+    memory_fraction: float = 0.9
+    prefill_chunk: int = 512
+    request_timeout: float | None = None
+    log_content: bool = False
+    decode_mode: str = "eager"  # "eager", "captured" (self-checked, eager when that fails) or "auto"
+    log_level: str = "info"

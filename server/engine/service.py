@@ -1,0 +1,33 @@
+"""What the serving layer uses of an engine, whether it runs in its own process (client.py, as the server runs
+it) or in this one (engine.py, as bench/gpu.py runs it)."""
+
+from typing import Protocol
+
+from server.engine.handle import GenerationHandle
+from server.engine.kv.budget import KvBudget
+from server.engine.request import GenerationRequest
+from server.engine.stats import EngineStats
+from server.engine.text.vocabulary import Vocabulary
+
+
+class EngineService(Protocol):
+    vocabulary: Vocabulary
+    context_length: int
+    kv_budget: KvBudget
+
+    @property
+    def stats(self) -> EngineStats: ...
+
+    @property
+    def alive(self) -> bool: ...
+
+    @property
+    def in_flight(self) -> int: ...
+
+    def submit(self, requests: list[GenerationRequest]) -> list[GenerationHandle]: ...
+
+    def abort(self, sample_id: str) -> None: ...
+
+    def cancel_all(self, reason: str) -> None: ...
+
+    def shutdown(self) -> None: ...
