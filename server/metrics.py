@@ -75,6 +75,9 @@ class _EngineCollector(Collector):
             "rpserve_timed_out_requests", "Requests ended by --request-timeout.", value=stats.timed_out_requests
         )
         yield CounterMetricFamily("rpserve_engine_steps", "Engine steps run.", value=stats.steps)
+        yield CounterMetricFamily(
+            "rpserve_engine_restarts", "Engine processes started again after one died.", value=stats.restarts
+        )
         if (resident := engine.resident_bytes()) is not None:
             yield GaugeMetricFamily(
                 "rpserve_engine_resident_memory_bytes",

@@ -8,8 +8,11 @@ processes), and stops when the server's end of the command pipe closes: at exit,
 import contextlib
 import logging
 import signal
+import threading
 from dataclasses import replace
 from multiprocessing.connection import Connection
+
+from tqdm import tqdm
 
 from server.engine.engine import Engine
 from server.engine.model.loader import load
@@ -55,6 +58,9 @@ def serve(options: EngineOptions, commands: Connection, results: Connection) -> 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=options.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Loading's progress bars would otherwise make an interprocess lock, a semaphore that a killed engine process
+    # leaves behind (and the server then warns about at exit).
+    tqdm.set_lock(threading.RLock())
     sender = StepSender(results)
     try:
         engine = Engine(load(options.model), options, outputs=sender, timings=sender)

@@ -209,7 +209,7 @@ class EngineClient:
             self.status = "restarting"
             left = list(self._handles)
             self._commands.close()
-        self._earlier = continued(self._earlier, self._current, failed=len(left), restarts=1)
+        self._earlier = continued(self._earlier, self._current, failed_requests=len(left), restarts=1)
         self._current = EngineStats()
         failed = _failed("The engine stopped; retry in a moment.", "engine_stopped")
         self._deliver([(sample_id, failed) for sample_id in left])

@@ -22,7 +22,7 @@ async def create_completion(
     body: CompletionRequest, request: Request, response: Response
 ) -> Response | CompletionResponse:
     state, engine = server_state(request), ready_engine(request)
-    prompt = raw_prompt(body, body.prompt, engine, state.settings.trim_label_space)
+    prompt = await raw_prompt(body, body.prompt, engine, state.settings.trim_label_space)
     samples = engine_requests(request, body, body.generation_options(), prompt.ids, "cmpl")
     generation = Generation(request, samples, trim_label_space=prompt.trims_label_space, genkey=body.genkey)
     headers = answer_headers(request, body)

@@ -20,7 +20,7 @@ router = APIRouter()
 @router.post("/completion")
 async def llamacpp_completion(body: LlamaCppCompletionRequest, request: Request) -> Response:
     state, engine = server_state(request), ready_engine(request)
-    prompt = raw_prompt(body, body.prompt, engine, state.settings.trim_label_space)
+    prompt = await raw_prompt(body, body.prompt, engine, state.settings.trim_label_space)
     samples = engine_requests(request, body, body.generation_options(), prompt.ids, "cmpl")
     generation = Generation(request, samples, trim_label_space=prompt.trims_label_space)
     headers = answer_headers(request, body)

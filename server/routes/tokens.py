@@ -1,20 +1,21 @@
 """Tokenizing, counting and decoding for every client type SillyTavern offers, in their owners' shapes.
 
-SillyTavern calls these about ten times per generation, so they never touch the model: the tokenizer runs on
-the event loop, beside (never behind) a running generation.
+SillyTavern calls these about ten times per generation, so they never touch the model: the tokenizer runs on a
+worker thread of the HTTP process, beside (never behind) a running generation.
 """
 
 from fastapi import APIRouter, Request
 
 from server.errors import APIError
 from server.protocol.tokens import DecodeBody, KoboldCountBody, TabbyEncodeBody, TextBody, TokenizeBody
+from server.serving.tokenizing import encoded
 from server.state import ready_engine
 
 router = APIRouter()
 
 
-def _encode(request: Request, text: str, *, add_bos: bool) -> list[int]:
-    return ready_engine(request).vocabulary.encode(text, add_bos=add_bos)
+async def _encode(request: Request, text: str, *, add_bos: bool) -> list[int]:
+    return await encoded(ready_engine(request), text, add_bos=add_bos)
 
 
 def _decode(request: Request, tokens: list[int]) -> str:
@@ -27,13 +28,13 @@ def _decode(request: Request, tokens: list[int]) -> str:
 
 @router.post("/v1/internal/encode")
 async def webui_encode(body: TextBody, request: Request) -> dict:
-    tokens = _encode(request, body.text, add_bos=True)
+    tokens = await _encode(request, body.text, add_bos=True)
     return {"tokens": tokens, "length": len(tokens)}
 
 
 @router.post("/v1/internal/token-count")
 async def webui_token_count(body: TextBody, request: Request) -> dict:
-    return {"length": len(_encode(request, body.text, add_bos=True))}
+    return {"length": len(await _encode(request, body.text, add_bos=True))}
 
 
 @router.post("/v1/internal/decode")
@@ -43,7 +44,7 @@ async def webui_decode(body: DecodeBody, request: Request) -> dict:
 
 @router.post("/v1/token/encode")
 async def tabby_encode(body: TabbyEncodeBody, request: Request) -> dict:
-    tokens = _encode(request, body.text, add_bos=body.add_bos_token)
+    tokens = await _encode(request, body.text, add_bos=body.add_bos_token)
     return {"tokens": tokens, "length": len(tokens)}
 
 
@@ -59,9 +60,9 @@ async def tokenize(body: TokenizeBody, request: Request) -> dict:
     if body.prompt is None and body.content is None:
         raise APIError(400, "Send the text to tokenize as 'prompt' (or 'content').", param="prompt")
     if body.prompt is not None:
-        tokens = _encode(request, body.prompt, add_bos=body.add_special_tokens is not False)
+        tokens = await _encode(request, body.prompt, add_bos=body.add_special_tokens is not False)
     else:
-        tokens = _encode(request, body.content or "", add_bos=bool(body.add_special))
+        tokens = await _encode(request, body.content or "", add_bos=bool(body.add_special))
     context = ready_engine(request).context_length
     return {"tokens": tokens, "count": len(tokens), "max_model_len": context}
 
@@ -75,5 +76,5 @@ async def detokenize(body: DecodeBody, request: Request) -> dict:
 
 @router.post("/api/extra/tokencount")
 async def kobold_token_count(body: KoboldCountBody, request: Request) -> dict:
-    tokens = _encode(request, body.prompt, add_bos=False)
+    tokens = await _encode(request, body.prompt, add_bos=False)
     return {"value": len(tokens), "ids": tokens}

@@ -7,6 +7,7 @@ from prompting import ends_with_label_space
 from server.engine.service import EngineService
 from server.protocol.generation import RawPromptFields
 from server.serving.engine_requests import truncated_left
+from server.serving.tokenizing import prompt_ids
 
 
 @dataclass(frozen=True)
@@ -15,7 +16,7 @@ class RawPrompt:
     trims_label_space: bool  # the prompt was sent without its label's space: drop the reply's first space
 
 
-def raw_prompt(
+async def raw_prompt(
     body: RawPromptFields, prompt: str | list[int], engine: EngineService, trim_by_default: bool
 ) -> RawPrompt:
     """A prompt ending in "label: " ends in a lone space token the model never saw before a word; it is sent
@@ -27,5 +28,5 @@ def raw_prompt(
         trim = False
     else:
         trim = trim and ends_with_label_space(prompt)
-        ids = engine.vocabulary.encode(prompt[:-1] if trim else prompt, add_bos=add_bos)
+        ids = await prompt_ids(engine, prompt[:-1] if trim else prompt, add_bos=add_bos)
     return RawPrompt(truncated_left(ids, body.truncation_length, body.max_tokens, engine), trim)

@@ -1,7 +1,9 @@
-"""The engine runs in a process of its own: it stops with the server, whichever way the server ends, and a dead
-engine fails what was waiting with a retryable error instead of leaving it hanging."""
+"""The engine runs in a process of its own: it stops with the server, whichever way the server ends; a dead engine
+fails what was waiting with a retryable error and is restarted, and a crash loop ends the server. The HTTP
+process never loads torch."""
 
 import os
+import shutil
 import signal
 import threading
 import time
@@ -60,26 +62,90 @@ def test_a_killed_server_takes_its_engine_with_it():
     assert gone(engine)  # its command pipe closed: it shut down on its own
 
 
-def test_a_dead_engine_fails_the_waiting_requests_retryably_and_health_says_so():
-    server = ServerProcess().wait_ready()
-    events: list = []
-
+def stream_until_the_end(server: ServerProcess, events: list) -> threading.Thread:
     def read() -> None:
         body = {**endless_request(), "stream": True}
-        with httpx.stream("POST", f"{server.url}/v1/completions", json=body, timeout=60) as response:
+        with httpx.stream("POST", f"{server.url}/v1/completions", json=body, timeout=120) as response:
             events.extend(data_events(response.iter_lines()))
 
     reader = threading.Thread(target=read)
     reader.start()
-    server.wait_while_working(lambda: server.health()["generated_tokens"] == 0)
+    return reader
+
+
+def wait_health(server: ServerProcess, wanted: str) -> dict:
+    """/health once it says `wanted`, failing only if the server stops making progress towards it."""
+    seen = []
+
+    def not_yet() -> bool:
+        seen.append(httpx.get(f"{server.url}/health", timeout=10).json())
+        return seen[-1]["status"] != wanted
+
+    while not_yet():
+        assert server.process.poll() is None, server.output()[-2000:]
+        time.sleep(0.05)
+    return seen[-1]
+
+
+def metric(server: ServerProcess, name: str) -> float:
+    lines = httpx.get(f"{server.url}/metrics", timeout=10).text.splitlines()
+    return float(next(line.split()[-1] for line in lines if line.startswith(f"{name} ")))
+
+
+def test_a_dead_engine_is_restarted_and_a_crash_loop_ends_the_server():
+    server = ServerProcess("--max-running", "4").wait_ready()
+    events = [[] for _ in range(4)]
+    readers = [stream_until_the_end(server, mine) for mine in events]
+    server.wait_while_working(lambda: server.health()["running"] < 4 or server.health()["generated_tokens"] < 8)
     os.kill(engine_pid(server), signal.SIGKILL)
-    reader.join(timeout=60)
-    errors = [event for event in events if isinstance(event, dict) and "error" in event]
-    assert errors and errors[0]["error"]["message"] == "the engine stopped; retry in a moment"
-    health = httpx.get(f"{server.url}/health", timeout=10)
-    assert health.status_code == 503 and health.json()["status"] == "engine_stopped"
-    refused = httpx.post(f"{server.url}/v1/completions", json={"prompt": "Hi", "max_tokens": 3}, timeout=10)
-    assert refused.status_code == 503 and refused.json()["error"]["message"] == "the engine is not running"
-    logged = [line for line in server.output().splitlines() if " ERROR " in line]
-    assert len(logged) == 1 and "the engine process exited unexpectedly (code -9)" in logged[0]
-    server.stop()
+    assert wait_health(server, "engine_restarting")["model"]
+    refused = httpx.post(f"{server.url}/v1/completions", json={**endless_request(), "stream": True}, timeout=10)
+    assert refused.status_code == 503 and refused.headers["retry-after"]
+    assert refused.json()["error"]["code"] == "engine_restarting"
+    for reader in readers:
+        reader.join(timeout=60)
+    for mine in events:
+        errors = [event["error"] for event in mine if isinstance(event, dict) and "error" in event]
+        assert [(e["code"], e["message"]) for e in errors] == [
+            ("engine_stopped", "The engine stopped; retry in a moment.")
+        ]
+        assert mine[-1] == "[DONE]"
+    health = wait_health(server, "ok")
+    assert (health["running"], health["waiting"], health["failed_requests"], health["restarts"]) == (0, 0, 4, 1)
+    assert metric(server, "rpserve_engine_restarts_total") == 1 and metric(server, "rpserve_requests_running") == 0
+    answer = httpx.post(f"{server.url}/v1/completions", json={"prompt": "Hi", "max_tokens": 3}, timeout=60)
+    assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] == 3
+    log = server.output()
+    assert "the engine process exited unexpectedly (code -9); 4 failed; restarting it" in log
+    assert "the engine process is back" in log and "leaked semaphore" not in log
+
+    os.kill(engine_pid(server), signal.SIGKILL)  # the second death: restarted again
+    wait_health(server, "engine_restarting")
+    wait_health(server, "ok")
+    os.kill(engine_pid(server), signal.SIGKILL)  # the third within the window: the server gives up
+    assert server.process.wait(timeout=60) == 1
+    last = server.output().strip().splitlines()[-1]
+    assert last.startswith("rpserve: error: the engine process died 3 times within 300 s")
+
+
+def test_an_engine_that_cannot_reload_its_model_ends_the_server(model_folder, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(model_folder, model)
+    server = ServerProcess("--model", str(model)).wait_ready()
+    (model / "config.json").unlink()
+    os.kill(engine_pid(server), signal.SIGKILL)
+    assert server.process.wait(timeout=60) == 1
+    last = server.output().strip().splitlines()[-1]
+    assert last.startswith("rpserve: error: the engine process could not be restarted: ")
+    assert "has no config.json" in last
+
+
+def test_the_http_process_never_loads_torch():
+    server = ServerProcess().wait_ready()
+    try:
+        answer = httpx.post(f"{server.url}/v1/completions", json={"prompt": "Hi", "max_tokens": 2}, timeout=60)
+        assert answer.status_code == 200
+        maps = Path(f"/proc/{server.process.pid}/maps").read_text()
+        assert "libtorch" not in maps and "libtorch" in Path(f"/proc/{engine_pid(server)}/maps").read_text()
+    finally:
+        server.stop()

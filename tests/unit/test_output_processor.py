@@ -51,7 +51,7 @@ def test_text_goes_out_as_each_token_makes_it_certain():
 
 
 def test_eos_ends_the_request_and_is_not_text():
-    processor, state, sink = setup()
+    processor, state, _ = setup()
     processor.advance(state, HELLO)
     assert processor.advance(state, EOS) == Ending("", "stop", by_token=True)
 

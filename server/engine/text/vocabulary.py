@@ -19,6 +19,8 @@ class Vocabulary:
         self.bos_id: int | None = tokenizer.bos_token_id
         self.bos_text: str = tokenizer.bos_token or ""
         self.token_bytes = token_bytes_table(tokenizer, size)
+        # No token covers more characters of a text than this (a character is at least one byte).
+        self.max_token_chars = max(map(len, self.token_bytes), default=1) or 1
         self.special_ids = frozenset(tokenizer.all_special_ids)
         # Texts user content must not contain: each would be read as its special token.
         self.special_texts = frozenset(
