@@ -16,7 +16,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from prompting.conversation import Message, Setting
-from prompting.labels import TURN_SEPARATOR, label
+from prompting.labels import TURN_SEPARATOR, Side, label
 from prompting.validation import PromptError, validate
 
 
@@ -47,7 +47,7 @@ def render_prompt(
 
 
 def turn_text(message: Message) -> str:
-    side = "assistant" if message.role == "assistant" else "user"
+    side: Side = "assistant" if message.role == "assistant" else "user"
     name = None if message.role == "system" else message.name
     content = message.content.strip()
     return f"{label(side, name)} {f'(OOC: {content})' if message.ooc else content}"

@@ -42,7 +42,7 @@ def mask_min_p(logits: torch.Tensor, min_p: Sequence[float]) -> torch.Tensor:
     return logits.masked_fill_(logits < floors, float("-inf"))
 
 
-# text-generation-webui's truncation samplers (shared/SAMPLERS.md, section 3). Each takes the rows that use it and
+# text-generation-webui's truncation samplers (docs/SAMPLERS.md). Each takes the rows that use it and
 # one value per row; removed tokens become -inf, and every rule keeps at least one token.
 
 

@@ -1,4 +1,4 @@
-"""Mirostat v2 (shared/SAMPLERS.md 3.10) as one step of the chain: each row keeps its surprise target `mu`
+"""Mirostat v2 (docs/SAMPLERS.md) as one step of the chain: each row keeps its surprise target `mu`
 (2 tau at the start); the step keeps the tokens whose surprise -log2 p is at most mu (at least the top one, ties by
 value) and the token is drawn from those, renormalised; then mu -= eta * (surprise of the drawn token - tau).
 Steps after it in the order cannot change the draw (the sampler keeps its logits), as in text-generation-webui."""

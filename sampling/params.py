@@ -44,7 +44,7 @@ class SamplingParams:
     ignore_eos: bool = False
     seed: int | None = None
     order: tuple[str, ...] = DEFAULT_ORDER
-    # The samplers of text-generation-webui (shared/SAMPLERS.md); each default is "off".
+    # The samplers of text-generation-webui (docs/SAMPLERS.md); each default is "off".
     xtc_threshold: float = 0.1
     xtc_probability: float = 0.0
     top_n_sigma: float = 0.0

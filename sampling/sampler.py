@@ -325,7 +325,7 @@ class Sampler:
             state.generated += 1
             state.recent.append(token)
             breakers = state.breakers
-            flags.append(bool(breakers) and token in breakers.single)
+            flags.append(breakers is not None and token in breakers.single)
             if breakers:
                 head = breakers.occurrence_ending_at(list(state.recent), len(state.recent) - 1)
                 if head is not None:

@@ -1,4 +1,4 @@
-"""The steps that reshape the distribution without removing tokens (shared/SAMPLERS.md 3.3, 3.4): plain
+"""The steps that reshape the distribution without removing tokens (docs/SAMPLERS.md): plain
 temperature, dynamic temperature (which replaces it for the rows that use it) and smoothing. Batched over the rows
 that use each; masked tokens stay -inf."""
 

@@ -1,4 +1,4 @@
-"""XTC, Exclude Top Choices (shared/SAMPLERS.md 3.1): on the rows whose coin came up this step, every token with
+"""XTC, Exclude Top Choices (docs/SAMPLERS.md): on the rows whose coin came up this step, every token with
 p >= threshold but the least probable of them is removed; nothing when fewer than two reach it, and nothing at all
 (the step is skipped for that row) when the newline token or EOS would go, which keeps replies from running on."""
 

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from server.engine.options import served_name
+from server.engine.service import ServedEngine
 from server.errors import install_error_handlers
 from server.metrics import Metrics
 from server.middleware.auth import ApiKey
@@ -26,23 +27,30 @@ from server.startup import model_spec, start_engine
 from server.state import ServerState
 
 
-def create_app(settings: Settings, on_engine_failure: Callable[[str], None] | None = None) -> FastAPI:
-    """Raises PresetError for an unusable sampling preset file, ModelLoadError for a device named wrong.
-    `on_engine_failure`: told when the model cannot be loaded, or the engine died and will not be restarted."""
+def create_app(
+    settings: Settings,
+    on_engine_failure: Callable[[str], None] | None = None,
+    engine: ServedEngine | None = None,
+) -> FastAPI:
+    """Raises PresetError for an unusable sampling preset file, ModelLoadError for a model the settings name
+    wrong. `on_engine_failure`: told when the model cannot be loaded, or the engine died and will not be restarted.
+    `engine`: serve this one (already started) instead of starting the engine process the settings describe."""
     state = ServerState(
         settings=settings,
         model_name=served_name(model_spec(settings)),
         sampling_preset=load_preset(settings.sampling_preset, settings.dry_breakers_always),
+        engine=engine,
     )
     metrics = Metrics(lambda: state.engine)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        # A daemon thread, so that stopping during a slow first load does not wait for it.
-        loader = threading.Thread(
-            target=start_engine, args=(state, metrics, on_engine_failure), name="model-loader", daemon=True
-        )
-        loader.start()
+        if engine is None:
+            # A daemon thread, so that stopping during a slow first load does not wait for it.
+            loader = threading.Thread(
+                target=start_engine, args=(state, metrics, on_engine_failure), name="model-loader", daemon=True
+            )
+            loader.start()
         yield
         if state.engine is not None:
             state.engine.shutdown()

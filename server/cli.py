@@ -16,15 +16,19 @@ from server.sampling_preset import PresetError
 from server.settings import command_line_settings
 from server.state import ServerState
 
-# After the drain: time for cancelled requests to send their last event before their connections are cut.
-_FINAL_EVENTS_SECONDS = 5
+# The end of `--shutdown-timeout` kept for after the drain (at most half of it): cancelled requests send their
+# last event, connections close, the engine process stops. The drain itself gets the rest.
+_WIND_DOWN_SECONDS = 2.0
+# Of that: connections still open this long after the cancel are cut.
+_FINAL_EVENTS_SECONDS = 1
 
 
 class _Server(uvicorn.Server):
     """Graceful shutdown in two stages. SIGTERM starts a drain: the port stays open, new requests get 503 (see
     server/middleware/draining.py) and running ones get `--shutdown-timeout` seconds to finish; then what is left is
-    cancelled with an error and uvicorn shuts down. A second signal skips the wait. uvicorn re-raises SIGTERM once
-    it has shut down, which would end the process with status -15; a server that drained exits 0 instead."""
+    cancelled with an error and uvicorn shuts down, all within the timeout. A second signal skips the wait. uvicorn
+    re-raises SIGTERM once it has shut down, which would end the process with status -15; a server that drained
+    exits 0 instead."""
 
     def __init__(self, config: uvicorn.Config, state: ServerState) -> None:
         super().__init__(config)
@@ -33,7 +37,8 @@ class _Server(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._drain_deadline is None and not self.should_exit:
-            self._drain_deadline = time.monotonic() + self._state.settings.shutdown_timeout
+            timeout = self._state.settings.shutdown_timeout
+            self._drain_deadline = time.monotonic() + timeout - min(_WIND_DOWN_SECONDS, timeout / 2)
             self._state.draining = True
             return
         super().handle_exit(sig, frame)

@@ -8,14 +8,14 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessColl
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from server.engine.client import EngineClient
+from server.engine.service import ServedEngine
 
 # From a fast GPU step (a few ms) to a long CPU prefill (tens of seconds).
 _LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.08, 0.15, 0.3, 0.6, 1.2, 2.5, 5, 10, 20, 40, 80)
 
 
 class Metrics:
-    def __init__(self, engine: Callable[[], EngineClient | None]) -> None:
+    def __init__(self, engine: Callable[[], ServedEngine | None]) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "rpserve_requests",
@@ -48,7 +48,7 @@ class Metrics:
 class _EngineCollector(Collector):
     """Reads the engine's counters at scrape time: nothing to update on the hot path."""
 
-    def __init__(self, engine: Callable[[], EngineClient | None]) -> None:
+    def __init__(self, engine: Callable[[], ServedEngine | None]) -> None:
         self._engine = engine
 
     def collect(self) -> Iterator[Metric]:

@@ -80,7 +80,8 @@ def load_preset(given: Path | None, always_breakers: list[str]) -> SamplingPrese
 
 def _split(entries: dict) -> tuple[dict, dict]:
     """Plain values and `{"value": ...}` entries are defaults; `{"value": ..., "force": true}` ones are forced."""
-    defaults, forced = {}, {}
+    defaults: dict = {}
+    forced: dict = {}
     for name, entry in entries.items():
         if isinstance(entry, dict) and "value" in entry:
             (forced if entry.get("force") is True else defaults)[name] = entry["value"]

@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 
 from fastapi import Request
 
-from server.engine.client import EngineClient
+from server.engine.service import ServedEngine
 from server.errors import APIError
 from server.sampling_preset import SamplingPreset
 from server.settings import Settings
@@ -39,7 +39,7 @@ class ServerState:
     settings: Settings
     model_name: str
     sampling_preset: SamplingPreset
-    engine: EngineClient | None = None
+    engine: ServedEngine | None = None
     draining: bool = False  # SIGTERM came: new requests get 503 while running ones finish
     client_generations: ClientGenerations = field(default_factory=ClientGenerations)
 
@@ -48,7 +48,7 @@ def server_state(request: Request) -> ServerState:
     return request.app.state.server
 
 
-def ready_engine(request: Request) -> EngineClient:
+def ready_engine(request: Request) -> ServedEngine:
     """The engine, when it serves; else a 503 saying why, before any answer (a stream included) starts."""
     engine = server_state(request).engine
     if engine is None:

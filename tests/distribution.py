@@ -1,5 +1,5 @@
 """The distribution one sequence's next token is drawn from, through the whole sampling chain: the exact values
-the sampler tests compare with shared/SAMPLERS.md's definitions."""
+the sampler tests compare with docs/SAMPLERS.md's definitions."""
 
 from collections.abc import Sequence
 

@@ -28,13 +28,13 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Literal
 
 from server.engine.handle import GenerationHandle, deliver_all
 from server.engine.kv.budget import KvBudget
 from server.engine.options import EngineOptions, ModelLoadError
 from server.engine.pipe import Ready, Step
 from server.engine.request import GenerationError, GenerationOutput, GenerationRequest
+from server.engine.service import EngineStatus
 from server.engine.stats import EngineStats, TokenTimings, continued
 from server.engine.text.vocabulary import Vocabulary
 
@@ -45,9 +45,6 @@ EXIT_SECONDS = 10
 # This many deaths of the engine process within the window end the server instead of another restart.
 MAX_CRASHES = 3
 CRASH_WINDOW_SECONDS = 300
-
-EngineStatus = Literal["loading", "ok", "restarting", "stopped"]
-
 
 class EngineClient:
     def __init__(

@@ -55,6 +55,13 @@ class _Shutdown:
     pass
 
 
+@dataclass(frozen=True)
+class SamplingFailed:
+    """A row that could not be sampled, and why."""
+
+    reason: str
+
+
 class Engine:
     def __init__(
         self,
@@ -290,11 +297,11 @@ class Engine:
         return first
 
     def _sample_and_advance(self, logits: torch.Tensor, stepped: list[RequestState]) -> None:
-        tokens = self._sample(logits, stepped)
-        self._outputs.record_logprobs(logits, stepped, tokens)
-        for state, token in zip(stepped, tokens, strict=True):
-            if isinstance(token, str):
-                self._fail([state], token)
+        drawn = self._sample(logits, stepped)
+        self._outputs.record_logprobs(logits, stepped, [token if isinstance(token, int) else None for token in drawn])
+        for state, token in zip(stepped, drawn, strict=True):
+            if isinstance(token, SamplingFailed):
+                self._fail([state], token.reason)
                 continue
             self.stats.generated_tokens += 1
             try:
@@ -308,13 +315,13 @@ class Engine:
             elif isinstance(outcome, BackOff):
                 self._back_off(state, outcome.banned_at)
 
-    def _sample(self, logits: torch.Tensor, stepped: list[RequestState]) -> list[int | str]:
-        """One token per row, or the reason that row failed: its logits were NaN or infinite, or sampling it
-        raised (found by sampling row by row after the batched call raised)."""
+    def _sample(self, logits: torch.Tensor, stepped: list[RequestState]) -> list[int | SamplingFailed]:
+        """One token per row, or why that row failed: its logits were NaN or infinite, or sampling it raised
+        (found by sampling row by row after the batched call raised)."""
         slots = [s.sampler_slot for s in stepped]
         bans = [s.guard.bans_for(len(s.output_ids)) if s.guard else frozenset() for s in stepped]
         started = time.perf_counter()
-        drawn: list[int | str | None]
+        drawn: list[int | SamplingFailed | None]
         try:
             drawn = list(self._sampler.sample(logits, slots, bans))
         except Exception:
@@ -324,9 +331,9 @@ class Engine:
                 try:
                     drawn.extend(self._sampler.sample(logits[i : i + 1], [slot], [bans[i]]))
                 except Exception as error:
-                    drawn.append(f"sampling failed: {error}")
+                    drawn.append(SamplingFailed(f"sampling failed: {error}"))
         self.stats.sampling_seconds += time.perf_counter() - started
-        invalid = "the model produced invalid logits (NaN or infinity) for this request"
+        invalid = SamplingFailed("the model produced invalid logits (NaN or infinity) for this request")
         return [invalid if token is None else token for token in drawn]
 
     def _back_off(self, state: RequestState, banned_at: int) -> None:

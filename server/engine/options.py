@@ -32,9 +32,27 @@ class ModelSpec:
     cache_dir: Path = field(default_factory=default_cache_dir)
 
     def __post_init__(self) -> None:
-        """The device's spelling is checked here, at once; whether the device exists, where the model loads."""
+        """What can be checked without loading is checked here, at once: the device's spelling and the local
+        folders. Whether the device exists and the weights load is found where the model loads."""
         if not _DEVICE.fullmatch(self.device):
             raise ModelLoadError(f"unknown device '{self.device}': use auto, cpu, cuda or cuda:N")
+        if self.model:
+            local_or_hub(self.model, "model", "config.json")
+        if self.adapter:
+            local_or_hub(self.adapter, "adapter", "adapter_config.json")
+
+
+def local_or_hub(source: str, what: str, marker: str) -> str:
+    """A source written as a path must be an existing folder holding `marker`; anything else is taken for a hub
+    id."""
+    path = Path(source).expanduser()
+    if not (source.startswith(("/", "./", "../", "~")) or path.exists()):
+        return source
+    if not path.is_dir():
+        raise ModelLoadError(f"{what} folder '{source}' does not exist or is not a folder")
+    if not (path / marker).is_file():
+        raise ModelLoadError(f"{what} folder '{source}' has no {marker}")
+    return str(path)
 
 
 def served_name(spec: ModelSpec) -> str:

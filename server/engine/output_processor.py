@@ -9,6 +9,7 @@ delivers each request's last output.
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -101,15 +102,18 @@ class OutputProcessor:
         if self._log_content:
             self._log_text(state, ending.reason)
 
-    def record_logprobs(self, logits: torch.Tensor, stepped: list[RequestState], tokens: list[int | str]) -> None:
+    def record_logprobs(
+        self, logits: torch.Tensor, stepped: list[RequestState], tokens: Sequence[int | None]
+    ) -> None:
         """Each sampled token's logprob and its request's number of alternatives, under the model's own
-        distribution; one host transfer for the whole step."""
-        wanted = [i for i, s in enumerate(stepped) if s.request.logprobs is not None and isinstance(tokens[i], int)]
+        distribution (None: the row was not sampled); one host transfer for the whole step."""
+        wanted = [i for i, s in enumerate(stepped) if s.request.logprobs is not None and tokens[i] is not None]
         if not wanted:
             return
         index = torch.tensor(wanted, device=logits.device)
         logprobs = torch.log_softmax(logits.index_select(0, index).float(), dim=-1)
-        chosen = logprobs.gather(1, torch.tensor([tokens[i] for i in wanted], device=logits.device).unsqueeze(1))
+        chosen_ids = [token for i in wanted if (token := tokens[i]) is not None]
+        chosen = logprobs.gather(1, torch.tensor(chosen_ids, device=logits.device).unsqueeze(1))
         widest = max(stepped[i].request.logprobs or 0 for i in wanted)
         top = logprobs.topk(widest, dim=-1) if widest else None
         chosen_values = chosen.squeeze(1).tolist()
@@ -119,7 +123,8 @@ class OutputProcessor:
             alternatives = (
                 tuple(zip(top_ids[position][:count], top_values[position][:count], strict=True)) if top else ()
             )
-            stepped[i].pending_logprobs.append(TokenLogprob(tokens[i], chosen_values[position], alternatives))
+            token = chosen_ids[position]
+            stepped[i].pending_logprobs.append(TokenLogprob(token, chosen_values[position], alternatives))
 
     def _out_of_room(self, state: RequestState) -> bool:
         generated = len(state.output_ids)

@@ -7,7 +7,7 @@ server's default (the model card's, or the preset file's).
 
 import dataclasses
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import AliasChoices, BeforeValidator, ConfigDict, Field
 
@@ -114,7 +114,7 @@ class SamplerFields(RequestBody):
 
     def sampling_params(self, defaults: SamplingParams, always_breakers: list[str]) -> SamplingParams:
         """The request's values over `defaults`; raises SamplingParamsError naming the first bad field."""
-        given = {
+        given: dict[str, Any] = {
             "temperature": self.temperature,
             "top_k": self.top_k,
             "top_p": self.top_p,

@@ -28,11 +28,13 @@ def build(settings: Settings) -> Application:
         ray_actor_options={"num_gpus": settings.ray_gpus_per_replica, "num_cpus": settings.ray_cpus_per_replica},
         max_ongoing_requests=settings.ray_max_ongoing_requests or settings.max_running + settings.max_queued,
         request_router_config=RequestRouterConfig(
-            request_router_class="server.ray_serve.router:ConversationAffinityRouter",
+            # Ray takes the router's import path, which its own annotation does not admit.
+            request_router_class="server.ray_serve.router:ConversationAffinityRouter",  # type: ignore[arg-type]
             request_router_kwargs={"imbalance": settings.max_running},
         ),
         **replicas,
     )
     # The gateway only moves bytes: it reserves no CPU, so that it never keeps a model replica from its node.
     gateway = serve.deployment(Gateway, name="gateway", num_replicas=1, ray_actor_options={"num_cpus": 0})
-    return gateway.bind(model.bind(settings))
+    # `serve.deployment` called with a class returns a Deployment; its overloads lose that.
+    return gateway.bind(model.bind(settings))  # type: ignore[attr-defined]

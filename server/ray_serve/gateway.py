@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 from ray import serve
-from ray.serve.handle import DeploymentHandle
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from server.ray_serve.affinity import conversation_key
 from server.ray_serve.router import AFFINITY_KWARG
@@ -49,6 +49,7 @@ class Gateway:
         # A client that knows its chat's id may name it; otherwise the prompt's beginning tells the chat.
         key = request.headers.get(CONVERSATION_HEADER) or conversation_key(request.url.path, body)
         messages = self._model.remote(scope, body, **{AFFINITY_KWARG: key})
+        assert isinstance(messages, DeploymentResponseGenerator)  # the handle streams (see __init__)
         start = await messages.__anext__()
 
         async def content() -> AsyncIterator[bytes]:

@@ -3,7 +3,8 @@ through a deployment handle. Every answer carries `X-Replica-ID`."""
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
+from typing import Any
 
 from ray import serve
 
@@ -15,7 +16,8 @@ _LOAD_POLL_SECONDS = 0.2
 
 
 class ModelReplica:
-    async def __init__(self, settings: Settings) -> None:
+    # Ray Serve awaits an async constructor; Python's typing knows no such thing.
+    async def __init__(self, settings: Settings) -> None:  # type: ignore[misc]
         failures: list[str] = []
         self._app = create_app(settings, on_engine_failure=failures.append)
         self._lifespan = self._app.router.lifespan_context(self._app)
@@ -27,10 +29,12 @@ class ModelReplica:
             await asyncio.sleep(_LOAD_POLL_SECONDS)
         self._replica_id = serve.get_replica_context().replica_id.unique_id.encode()
 
-    async def __call__(self, scope: dict, body: bytes, affinity_key: str | None = None) -> AsyncIterator[dict]:
+    async def __call__(
+        self, scope: dict, body: bytes, affinity_key: str | None = None
+    ) -> AsyncIterator[MutableMapping[str, Any]]:
         """The app's ASGI messages for one request. When the caller goes away (the client disconnected), Ray
         cancels this generator; the app then sees `http.disconnect` and cancels the generation."""
-        messages: asyncio.Queue[dict] = asyncio.Queue()
+        messages: asyncio.Queue[MutableMapping[str, Any]] = asyncio.Queue()
         disconnected = asyncio.Event()
         body_sent = False
 
@@ -42,7 +46,7 @@ class ModelReplica:
             await disconnected.wait()
             return {"type": "http.disconnect"}
 
-        async def send(message: dict) -> None:
+        async def send(message: MutableMapping[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 message = {**message, "headers": [*message.get("headers", []), (REPLICA_HEADER, self._replica_id)]}
             await messages.put(message)

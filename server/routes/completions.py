@@ -31,7 +31,7 @@ async def create_completion(
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return generation.stream(lambda g: _chunks(g, template, engine, echo, include_usage, body.logprobs), headers)
-    samples = await generation.collected()
+    outputs_of = await generation.collected()
     response.headers.update(headers)
     choices = [
         CompletionChoice(
@@ -42,7 +42,7 @@ async def create_completion(
             else completion_logprobs(engine, [t for o in outputs for t in o.logprobs], len(echo), body.logprobs),
             finish_reason=outputs[-1].finish_reason,
         )
-        for index, outputs in enumerate(samples)
+        for index, outputs in enumerate(outputs_of)
     ]
     return template.model_copy(update={"choices": choices, "usage": generation.usage()})
 

@@ -26,9 +26,9 @@ async def llamacpp_completion(body: LlamaCppCompletionRequest, request: Request)
     headers = answer_headers(request, body)
     if body.stream:
         return generation.stream(lambda g: _events(g, state.model_name), headers, done=False)
-    samples = await generation.collected()
+    outputs_of = await generation.collected()
     answers = [
-        _final(joined_text(outputs), outputs[-1], state.model_name, index) for index, outputs in enumerate(samples)
+        _final(joined_text(outputs), outputs[-1], state.model_name, index) for index, outputs in enumerate(outputs_of)
     ]
     return JSONResponse(answers[0] if len(answers) == 1 else answers, headers=headers)
 

@@ -51,11 +51,14 @@ class Generation:
         self._owners.add(self.sample_ids, http.client.host if http.client else "", genkey)
         self.handles = ready_engine(http).submit(samples.requests)
         self.finals: list[GenerationOutput] = []
+        self._latest: dict[int, GenerationOutput] = {}  # each sample's latest output, for the log of a cut answer
 
     async def outputs(self) -> AsyncIterator[tuple[int, GenerationOutput]]:
         """Every sample's outputs as they come, with the sample's index; raises GenerationFailed at the first
         failure. Each sample's last output is also kept in `finals`."""
         async for index, output in merged([self._trimmed(handle) for handle in self.handles]):
+            if output.completion_tokens >= getattr(self._latest.get(index), "completion_tokens", 0):
+                self._latest[index] = output
             if output.error:
                 raise GenerationFailed(output)
             if output.finish_reason:
@@ -76,10 +79,10 @@ class Generation:
             try:
                 async for event in events(self):
                     yield event
-                self._record_usage()
             except GenerationFailed as failure:
                 yield error_event(failure.message, failure.code)
             finally:
+                self._record_usage()  # also for a stream cut short: what it had generated
                 self.cancel()
 
         return sse_response(guarded(), headers=headers, done=done)
@@ -111,9 +114,11 @@ class Generation:
         return without_label_space(outputs) if self._trim else outputs
 
     def _record_usage(self) -> None:
-        """Token counts for the request's log line (see server/middleware/request_log.py)."""
-        if self.finals:
-            usage = self.usage()
+        """Token counts for the request's log line (see server/middleware/request_log.py): the whole answer's, or
+        what each sample had generated when the answer was cut short."""
+        outputs = self.finals if len(self.finals) == len(self.handles) else list(self._latest.values())
+        if outputs:
+            usage = Usage.of_samples(outputs)
             self._http.state.usage = (usage.prompt_tokens, usage.completion_tokens)
 
 

@@ -1,4 +1,4 @@
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM
 
 from server.engine.model.default_model import embedded_model_folder
 from server.settings import Settings
-from tests.integration.server_process import ServerProcess
+from tests.integration.server_process import KEYED, ServerProcess
 
 
 @pytest.fixture(scope="session")
@@ -34,10 +34,33 @@ def adapter_folder(model_folder: Path, tmp_path_factory: pytest.TempPathFactory)
 
 
 @pytest.fixture(scope="session")
-def server(adapter_folder: Path) -> Iterator[ServerProcess]:
-    process = ServerProcess("--adapter", str(adapter_folder)).wait_ready()
-    yield process
-    process.stop()
+def shared_server() -> Iterator[Callable[..., ServerProcess]]:
+    """A running server per flag set for the whole session: every module that asks for the same flags shares one
+    (starting a server is most of what an integration test costs). A test that stops or kills its server starts
+    its own instead."""
+    started: dict[tuple, ServerProcess] = {}
+
+    def server_with(*args: str, module: str = "server", dtype: str = "float32") -> ServerProcess:
+        key = (args, module, dtype)
+        if key not in started or started[key].process.poll() is not None:
+            started[key] = ServerProcess(*args, module=module, dtype=dtype).wait_ready()
+        return started[key]
+
+    yield server_with
+    for process in started.values():
+        process.stop()
+
+
+@pytest.fixture(scope="session")
+def server(shared_server: Callable[..., ServerProcess], adapter_folder: Path) -> ServerProcess:
+    """The session's default server: the embedded model with a LoRA adapter, merged."""
+    return shared_server("--adapter", str(adapter_folder))
+
+
+@pytest.fixture(scope="session")
+def keyed_server(shared_server: Callable[..., ServerProcess]) -> ServerProcess:
+    """A server that needs the API key and lets FRONTEND's pages call it."""
+    return shared_server(*KEYED)
 
 
 @pytest.fixture(scope="session")

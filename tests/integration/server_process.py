@@ -1,5 +1,6 @@
 """A real server process on a free loopback port, as users start it (`python -m server ...`)."""
 
+import json
 import os
 import signal
 import socket
@@ -13,6 +14,10 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
+# A web page allowed to call the API from a browser, and the API key: the flags of the session's keyed server.
+FRONTEND = "http://frontend.example"
+API_KEY = "secret"
+KEYED = ("--cors-origins", json.dumps([FRONTEND]), "--api-key", API_KEY)
 
 
 def free_port() -> int:
@@ -30,6 +35,9 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{free_port()}"
         self.log = tempfile.NamedTemporaryFile(prefix="rpserve-", suffix=".log", delete=False)  # noqa: SIM115
         self.health_statuses: list[int] = []
+        # One client for all the polling: each new client sets up TLS certificates (tens of ms of CPU), which a
+        # poll every 20 ms would spend against the server it waits for.
+        self.http = httpx.Client(base_url=self.url, timeout=5)
         self.process = subprocess.Popen(
             [sys.executable, "-m", module, "--port", self.url.rsplit(":", 1)[1], "--dtype", dtype, *args],
             cwd=ROOT,
@@ -45,7 +53,7 @@ class ServerProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.output()[-3000:]}")
             try:
-                status = httpx.get(f"{self.url}/health", timeout=2).status_code
+                status = self.http.get("/health", timeout=2).status_code
             except httpx.TransportError:
                 time.sleep(0.02)
                 continue
@@ -56,7 +64,7 @@ class ServerProcess:
         raise TimeoutError(f"server not ready after {timeout} s:\n{self.output()[-3000:]}")
 
     def health(self) -> dict:
-        return httpx.get(f"{self.url}/health", timeout=5).json()
+        return self.http.get("/health").json()
 
     def settled_health(self, timeout: float = 10) -> dict:
         """/health once nothing runs, waits or holds a cache: the engine updates its counters at the end of the

@@ -11,7 +11,6 @@ import pytest
 
 from tests import tokenizers
 from tests.integration.endless import endless_request
-from tests.integration.server_process import ServerProcess
 from tests.integration.sse import stream
 
 PROMPT = "The lighthouse keeper looked at the sea and said"
@@ -122,10 +121,10 @@ def test_kobold_abort_ends_that_clients_generation(server):
 
     worker = threading.Thread(target=generate)
     started = time.monotonic()
+    generated = server.health()["generated_tokens"]
     worker.start()
-    while server.health()["running"] == 0:
-        time.sleep(0.05)
-    time.sleep(0.5)
+    # Aborted once it has generated something, so that the answer is the text so far, not an empty one.
+    server.wait_while_working(lambda: server.health()["generated_tokens"] < generated + 2)
     assert httpx.post(f"{server.url}/api/extra/abort", json={"genkey": "KCPP1234"}).json()["success"] == "true"
     worker.join(timeout=30)
     answer = result["response"].json()
@@ -158,22 +157,15 @@ def test_llamacpp_token_prompts_outside_the_vocabulary_or_empty_are_400s(client,
     assert response.status_code == 400 and response.json()["error"]["param"] == "prompt"
 
 
-@pytest.fixture(scope="module")
-def keyed_server(adapter_folder):
-    process = ServerProcess("--api-key", "s3cret").wait_ready()
-    yield process
-    process.stop()
-
-
 def test_api_key(keyed_server):
     url = keyed_server.url
     assert httpx.get(f"{url}/health").status_code == 200
     missing = httpx.get(f"{url}/v1/models")
     assert missing.status_code == 401 and missing.json()["error"]["code"] == "invalid_api_key"
     assert httpx.get(f"{url}/v1/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
-    assert httpx.get(f"{url}/v1/models", headers={"Authorization": "Bearer s3cret"}).status_code == 200
-    assert httpx.post(f"{url}/v1/token/encode", json={"text": "hi"}, headers={"x-api-key": "s3cret"}).status_code == 200
-    sdk = openai.OpenAI(base_url=f"{url}/v1", api_key="s3cret")
+    assert httpx.get(f"{url}/v1/models", headers={"Authorization": "Bearer secret"}).status_code == 200
+    assert httpx.post(f"{url}/v1/token/encode", json={"text": "hi"}, headers={"x-api-key": "secret"}).status_code == 200
+    sdk = openai.OpenAI(base_url=f"{url}/v1", api_key="secret")
     assert sdk.completions.create(model="any", prompt="Hi", max_tokens=2).choices[0].finish_reason == "length"
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=f"{url}/v1", api_key="nope").models.list()

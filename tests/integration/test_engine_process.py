@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.integration.endless import endless_request
 from tests.integration.server_process import ServerProcess
@@ -92,6 +93,7 @@ def metric(server: ServerProcess, name: str) -> float:
     return float(next(line.split()[-1] for line in lines if line.startswith(f"{name} ")))
 
 
+@pytest.mark.slow
 def test_a_dead_engine_is_restarted_and_a_crash_loop_ends_the_server():
     server = ServerProcess("--max-running", "4").wait_ready()
     events = [[] for _ in range(4)]

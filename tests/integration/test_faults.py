@@ -6,7 +6,6 @@ import threading
 import httpx
 import pytest
 
-from tests.integration.server_process import ServerProcess
 from tests.integration.sse import data_events
 
 HEALTHY = ["The weather today is", "My favourite recipe uses"]
@@ -15,10 +14,8 @@ FAULTY_PROMPT = "FAULT:{kind} " + "The knight rode through the forest at dawn. "
 
 
 @pytest.fixture(scope="module")
-def faulty_server():
-    server = ServerProcess("--max-running", "4", module="tests.integration.faulty_server").wait_ready()
-    yield server
-    server.stop()
+def faulty_server(shared_server):
+    return shared_server("--max-running", "4", module="tests.integration.faulty_server")
 
 
 def complete(url: str, prompt: str, results: dict, key: str, **extra: object) -> None:

@@ -1,18 +1,25 @@
 """Fuzzing every route from the server's own OpenAPI schema (schemathesis): whatever a client sends, the answer
-comes in bounded time, is never a 5xx, and every error is in OpenAI's shape. The example count is bounded so that
-CI stays fast; `--request-timeout` bounds the generations that random `max_tokens` values ask for."""
+comes in bounded time, is never a 5xx, and every error is in OpenAI's shape. The app runs in this process on a
+real uvicorn server with an engine that answers at once (instant_engine.py): what is fuzzed is the HTTP side,
+routes, protocol, serving and middleware, whose every answer then costs milliseconds."""
 
 import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import httpx
 import pytest
 import requests
 import schemathesis
+import uvicorn
 from hypothesis import HealthCheck, settings
 
 from server.app import create_app
 from server.settings import Settings
-from tests.integration.server_process import ServerProcess
+from tests.integration.instant_engine import InstantEngine
+from tests.integration.server_process import free_port
 
 EXAMPLES_PER_ROUTE = 12
 # Text schemathesis never generates (it cannot send lone surrogates itself): added to every string of a body.
@@ -23,11 +30,26 @@ ODD_TEXTS = ("\ud800", "\x00", "x\udfff", "\uffff\x00", "\U0010ffff", "\ud83d")
 schema = schemathesis.openapi.from_dict(create_app(Settings()).openapi())
 
 
+@dataclass
+class InProcessServer:
+    url: str
+    client: httpx.Client  # one for every request sent by hand: a client per request costs its TLS set-up
+
+
 @pytest.fixture(scope="module")
-def fuzzed_server():
-    server = ServerProcess("--request-timeout", "1", "--max-running", "4", "--max-queued", "64").wait_ready()
-    yield server
-    assert server.stop() == 0
+def fuzzed_server() -> Iterator[InProcessServer]:
+    settings = Settings(max_running=4, max_queued=64)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings, engine=InstantEngine()), port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, name="fuzzed-server")
+    thread.start()
+    while not server.started:
+        assert thread.is_alive(), "the in-process server did not start"
+        time.sleep(0.01)
+    with httpx.Client(timeout=30) as client:
+        yield InProcessServer(f"http://127.0.0.1:{port}", client)
+    server.should_exit = True
+    thread.join()
 
 
 @schema.parametrize()
@@ -48,10 +70,9 @@ def test_any_request_gets_a_bounded_answer_that_is_not_a_5xx(fuzzed_server, case
         body = json.dumps(with_odd_text(case.body, odd))  # ASCII, surrogates as \u escapes
         url = f"{fuzzed_server.url}{case.formatted_path}"
         try:
-            odd_response = httpx.request(
-                case.method, url, content=body, params=case.query or None, timeout=30,
-                headers={"Content-Type": "application/json"},
-            )  # fmt: skip
+            odd_response = fuzzed_server.client.request(
+                case.method, url, content=body, params=case.query or None, headers={"Content-Type": "application/json"}
+            )
         except httpx.TimeoutException:
             pytest.fail(f"no answer within 30 s to {case.method} {case.path} with odd text")
         assert_well_formed(odd_response.status_code, odd_response.text, case)

@@ -6,9 +6,7 @@ import json
 import httpx
 import pytest
 
-from tests.integration.server_process import ServerProcess
-
-FRONTEND = "http://frontend.example"
+from tests.integration.server_process import FRONTEND
 
 
 def test_a_forged_host_is_refused_logged_and_counted(server, client):
@@ -30,10 +28,8 @@ def test_without_cors_origins_no_page_is_given_cors_permission(client):
 
 
 @pytest.fixture(scope="module")
-def cors_server():
-    process = ServerProcess("--cors-origins", json.dumps([FRONTEND]), "--api-key", "secret").wait_ready()
-    yield process
-    process.stop()
+def cors_server(keyed_server):
+    return keyed_server
 
 
 def test_an_allowed_origin_gets_its_preflight_and_headers(cors_server):

@@ -4,7 +4,6 @@ traceback), and a real 500 logs one traceback, with the request's id."""
 import httpx
 import pytest
 
-from tests.integration.server_process import ServerProcess
 from tests.integration.test_disconnect import never_ending
 
 NOISE = ("Traceback", "never retrieved", "CancelledError", "Exception in ASGI application")
@@ -34,14 +33,13 @@ def test_a_client_that_leaves_a_plain_request_is_one_quiet_log_line(server):
 
 
 @pytest.fixture(scope="module")
-def faulty_server():
-    server = ServerProcess(module="tests.integration.faulty_server").wait_ready()
-    yield server
-    server.stop()
+def faulty_server(shared_server):
+    return shared_server("--max-running", "4", module="tests.integration.faulty_server")
 
 
 def test_an_unexpected_error_is_one_traceback_with_the_request_id(faulty_server):
     request_id = "breaks-1"
+    start = len(faulty_server.output())  # the server is shared: what it logged before is other tests'
     answer = httpx.post(
         f"{faulty_server.url}/v1/completions",
         json={"prompt": "FAULT:unexpected Hello", "max_tokens": 2},
@@ -59,7 +57,7 @@ def test_an_unexpected_error_is_one_traceback_with_the_request_id(faulty_server)
     faulty_server.wait_while_working(
         lambda: '"status": 500' not in "".join(lines_about(faulty_server.output(), request_id))
     )
-    output = faulty_server.output()
+    output = faulty_server.output()[start:]
     assert output.count("Traceback") == 1
     assert "Exception in ASGI application" not in output
     assert f"request {request_id} (POST /v1/completions) failed" in output

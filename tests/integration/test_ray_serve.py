@@ -16,7 +16,7 @@ from tests.integration.endless import endless_request
 from tests.integration.server_process import ROOT, free_port
 from tests.integration.sse import data_events, streamed_text
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 KEY = "ray-test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 STALL_SECONDS = 300  # start-up that logs nothing new for this long is stuck

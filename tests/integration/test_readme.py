@@ -18,6 +18,7 @@ def test_the_readme_has_curl_examples():
     assert len(curl_blocks()) >= 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("block", curl_blocks(), ids=lambda block: block.split("\n")[0][:40])
 def test_curl_example(server, block):
     script = "set -euo pipefail\n" + block.replace("http://127.0.0.1:8000", server.url).replace(

@@ -34,7 +34,8 @@ def test_sigterm_refuses_new_requests_cancels_the_rest_after_the_timeout_and_exi
     wait_running(server, 1)
     started = time.monotonic()
     server.process.send_signal(signal.SIGTERM)
-    time.sleep(0.5)
+    while server.http.get("/health").status_code == 200:  # until the signal is handled: draining
+        time.sleep(0.02)
 
     refused = httpx.post(f"{server.url}/v1/completions", json={"prompt": "Hi", "max_tokens": 2}, timeout=10)
     assert refused.status_code == 503 and refused.headers["retry-after"]
@@ -43,7 +44,7 @@ def test_sigterm_refuses_new_requests_cancels_the_rest_after_the_timeout_and_exi
     assert httpx.get(f"{server.url}/metrics", timeout=10).status_code == 200
 
     assert server.process.wait(timeout=30) == 0
-    assert 3 <= time.monotonic() - started < 15
+    assert 1.5 <= time.monotonic() - started < 15  # the drain takes the timeout but its wind-down
     reader.join(timeout=10)
     texts = [e["choices"][0]["text"] for e in events if isinstance(e, dict) and e.get("choices")]
     assert "".join(texts), "the stream ran during the drain"

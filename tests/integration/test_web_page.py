@@ -5,13 +5,12 @@ committed)."""
 
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.integration.server_process import ROOT, ServerProcess
+from tests.integration.server_process import API_KEY, ROOT, ServerProcess
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = ROOT / "test-artifacts" / "web"
@@ -22,10 +21,8 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def page_server() -> Iterator[ServerProcess]:
-    server = ServerProcess().wait_ready()
-    yield server
-    server.stop()
+def page_server(server: ServerProcess) -> ServerProcess:
+    return server
 
 
 @pytest.fixture(scope="module")
@@ -185,24 +182,16 @@ def test_narrow_screens_and_dark_mode(browser, page_server):
     assert background == "rgb(23, 24, 27)"
 
 
-def test_a_server_with_an_api_key_serves_the_page_and_the_page_asks_for_the_key(browser):
-    server = ServerProcess("--api-key", "page-secret").wait_ready()
-    try:
-        context = browser.new_context()
-        page = context.new_page()
-        page.on("dialog", lambda dialog: dialog.accept("page-secret"))
-        page.goto(f"{server.url}/")
-        page.wait_for_function("document.getElementById('model-name').textContent.length > 0", timeout=0)
-        assert (
-            page.inner_text("#model-name")
-            == httpx.get(f"{server.url}/v1/models", headers={"Authorization": "Bearer page-secret"}).json()["data"][0][
-                "id"
-            ]
-        )
-        assert page.evaluate("localStorage.getItem('rpserve.apiKey')") == "page-secret"
-        context.close()
-    finally:
-        server.stop()
+def test_a_server_with_an_api_key_serves_the_page_and_the_page_asks_for_the_key(browser, keyed_server):
+    context = browser.new_context()
+    page = context.new_page()
+    page.on("dialog", lambda dialog: dialog.accept(API_KEY))
+    page.goto(f"{keyed_server.url}/")
+    page.wait_for_function("document.getElementById('model-name').textContent.length > 0", timeout=0)
+    models = httpx.get(f"{keyed_server.url}/v1/models", headers={"Authorization": f"Bearer {API_KEY}"}).json()
+    assert page.inner_text("#model-name") == models["data"][0]["id"]
+    assert page.evaluate("localStorage.getItem('rpserve.apiKey')") == API_KEY
+    context.close()
 
 
 def test_a_sillytavern_card_png_becomes_a_cast_member(page, tmp_path):

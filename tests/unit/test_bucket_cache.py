@@ -118,8 +118,8 @@ def test_a_padded_batch_feeds_every_slot_and_an_eager_one_only_the_rows():
     padded = cache.advance(tokens, padded=True)
     assert padded.inputs.tolist() == [[1, 2, 3, 4, 5, 0, 6], [10, 20, 30, 40, 50, 0, 300]]
     assert padded.index == {"a": 0, "b": 1, "c": 2, "d": 3, "e": 4, "long": 6}
-    assert [(step.start, step.count, step.span) for step in padded.buckets] == [(0, 6, 256), (6, 1, 384)]
+    assert [(step.start, step.rows, step.span) for step in padded.buckets] == [(0, 6, 256), (6, 1, 384)]
     cache.restore(before)
     eager = cache.advance(tokens, padded=False)
     assert eager.inputs.tolist() == [[1, 2, 3, 4, 5, 6], [10, 20, 30, 40, 50, 300]]
-    assert [(step.start, step.count, step.span) for step in eager.buckets] == [(0, 5, 51), (5, 1, 301)]
+    assert [(step.start, step.rows, step.span) for step in eager.buckets] == [(0, 5, 51), (5, 1, 301)]

@@ -1,5 +1,5 @@
 """XTC, top-n-sigma, typical, tail-free, top-a, epsilon, eta, smoothing, dynamic temperature and mirostat v2, as
-shared/SAMPLERS.md defines them: exact distributions through `sampling.probabilities` (the public way to get the
+docs/SAMPLERS.md defines them: exact distributions through `tests.distribution.probabilities` (the way to get the
 distribution a token is drawn from) and the batched sampler."""
 
 import math

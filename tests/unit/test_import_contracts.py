@@ -1,5 +1,5 @@
-"""The architecture's import contracts (pyproject.toml, `[tool.importlinter]`) hold, and a forbidden import
-breaks them: each rule is checked, not just written down."""
+"""A forbidden import breaks its contract (pyproject.toml, `[tool.importlinter]`): each rule is checked, not just
+written down. That the project keeps them all, `./manage test` checks before pytest."""
 
 import shutil
 import subprocess
@@ -26,12 +26,6 @@ def project_copy(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_the_project_keeps_every_contract():
-    result = lint_imports(ROOT)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "0 broken" in result.stdout
-
-
 @pytest.mark.parametrize(
     ("module", "line", "contract"),
     [
@@ -40,7 +34,10 @@ def test_the_project_keeps_every_contract():
         ("sampling/filters.py", "from prompting import label", "sampling imports torch and nothing of ours"),
         ("prompting/labels.py", "import torch", "prompting is pure Python"),
         ("server/routes/health.py", "from tests import toy", "Product packages never import tests"),
-        ("server/serving/delivery.py", "from server.routes import chat", "Routes use the serving layer"),
+        ("server/serving/delivery.py", "from server.routes import chat", "The server's layers"),
+        ("server/state.py", "from server.serving import generation", "The server's layers"),
+        ("server/routes/health.py", "import torch", "The HTTP process never imports torch"),
+        ("server/engine/client.py", "from server.engine.engine import Engine", "The HTTP process never imports torch"),
     ],
 )
 def test_a_forbidden_import_breaks_its_contract(project_copy: Path, module: str, line: str, contract: str):

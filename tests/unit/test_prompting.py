@@ -23,7 +23,7 @@ from tests.format_check import format_problems
 PRESETS = Path(__file__).resolve().parents[2] / "prompting" / "presets"
 LLAMA3_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>", "<|start_header_id|>"]
 
-# The card's schematic conversation (MODEL_FORMAT.md), up to the label the model answers after.
+# The card's schematic conversation (the README's format section), up to the label the model answers after.
 CARD_PROMPT = """::::user: Let's engage together in a roleplay.
 
 # Roleplay title

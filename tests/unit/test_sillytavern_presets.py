@@ -29,7 +29,7 @@ CARD = SamplingParams()  # the server's defaults are the model card's
 CARD_STEPS = ["penalties", "dry", "top_k", "top_p", "min_p", "temperature"]
 ALWAYS = ["::::"]
 
-# What SillyTavern 1.18's Text Completion preset import reads (shared/CLIENTS.md).
+# What SillyTavern 1.18's Text Completion preset import reads (its preset import code).
 SAMPLER_PRESET_FIELDS = {
     "temp", "temperature_last", "top_p", "top_k", "top_a", "tfs", "epsilon_cutoff", "eta_cutoff", "typical_p",
     "min_p", "rep_pen", "rep_pen_range", "rep_pen_decay", "rep_pen_slope", "freq_pen", "presence_pen",

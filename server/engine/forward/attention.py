@@ -9,6 +9,8 @@ times slower in bf16 than the same attention with the query heads grouped under 
 in bench/RESULTS.md). Every other case is transformers' SDPA.
 """
 
+from typing import Any
+
 import torch
 from transformers import AttentionInterface, PreTrainedModel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -25,7 +27,7 @@ def sdpa_with_grouped_cpu_decode(
     key: torch.Tensor,
     value: torch.Tensor,
     attention_mask: torch.Tensor | None,
-    **kwargs,
+    **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     groups = getattr(module, "num_key_value_groups", 1)
     batch, heads, query_length, head_dim = query.shape
@@ -44,18 +46,19 @@ def bucket_attention(
     value: torch.Tensor,
     attention_mask: torch.Tensor | None,
     bucket_layout: StepLayout | None = None,
-    **kwargs,
+    **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     """A decode step over the width buckets: `key` and `value` (this step's) are written into the buckets, then
     each bucket's rows attend to their own keys up to the bucket's longest row, query heads grouped under their
     key/value head. Anything else (a prefill) is SDPA as above."""
     if bucket_layout is None:
         return sdpa_with_grouped_cpu_decode(module, query, key, value, attention_mask, **kwargs)
-    bucket_layout.write(module.layer_idx, key, value)
+    layer = int(getattr(module, "layer_idx"))  # noqa: B009  (an attribute of transformers' attention modules only)
+    bucket_layout.write(layer, key, value)
     groups = getattr(module, "num_key_value_groups", 1)
     _, heads, _, head_dim = query.shape
     outputs = []
-    for start, keys, values, mask in bucket_layout.groups(module.layer_idx):
+    for start, keys, values, mask in bucket_layout.groups(layer):
         count = keys.shape[0]
         grouped = query[start : start + count].reshape(count, heads // groups, groups, head_dim)
         output = torch.nn.functional.scaled_dot_product_attention(

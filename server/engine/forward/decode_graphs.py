@@ -11,7 +11,7 @@ are the captured ones, only the recording is left out.
 import logging
 import time
 from collections import OrderedDict
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -42,7 +42,7 @@ class DecodeGraphs:
         self._device = device
         self._record = device.type == "cuda"
         self._graphs: OrderedDict[tuple, _Graph] = OrderedDict()
-        self._pool: tuple | None = None
+        self._pool: Any = None  # the graphs' shared memory pool, once the first is captured
 
     def run(self, batch: DecodeBatch) -> torch.Tensor:
         """The padded `batch`'s logits, from its graph (captured now if its shape is new). The logits tensor is

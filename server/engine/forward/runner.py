@@ -129,12 +129,12 @@ class ModelRunner:
         except BaseException:
             self._batch.restore(checkpoint)  # so that the rows that are not at fault can go on
             raise
-        index = torch.tensor([batch.index[sample_id] for sample_id, _ in steps], device=self._device)
+        index = torch.tensor([batch.row_of[sample_id] for sample_id, _ in steps], device=self._device)
         return logits.index_select(0, index)
 
     def _forward(self, tokens: dict[str, int], *, captured: bool) -> tuple[DecodeBatch, torch.Tensor]:
         batch = self._batch.advance(tokens, padded=captured)
-        if captured:
+        if captured and self._graphs is not None:
             return batch, self._graphs.run(batch)
         return batch, self._step(batch, batch.inputs.to(self._device))
 
@@ -152,6 +152,6 @@ class ModelRunner:
         if sample_id not in self._batch.rows:
             return
         keep = token_ids is not None and self._prefixes.budget_tokens > 0
-        if keep and self._batch.real_length(sample_id) == len(token_ids):
+        if token_ids is not None and keep and self._batch.real_length(sample_id) == len(token_ids):
             self._prefixes.put(tuple(token_ids), self._batch.extract(sample_id))
         self._batch.remove(sample_id)

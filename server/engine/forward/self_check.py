@@ -36,7 +36,9 @@ def _compare(runner: ModelRunner, rows: dict[str, list[int]], absolute: float, r
     tokens = {}
     for row, prompt in rows.items():
         runner.start_prefill(row, prompt)
-        tokens[row] = int(runner.prefill_chunk(row, len(prompt)).argmax())
+        logits = runner.prefill_chunk(row, len(prompt))
+        assert logits is not None  # the whole prompt in one chunk
+        tokens[row] = int(logits.argmax())
     for step in range(CHECK_STEPS):
         steps = list(tokens.items())
         try:

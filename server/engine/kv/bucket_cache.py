@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
-from transformers import DynamicCache
+from transformers import DynamicCache, PreTrainedConfig
+from transformers.cache_utils import DynamicLayer
 
 from server.engine.kv.step_layout import BucketStep, DecodeBatch
 
@@ -77,7 +78,9 @@ class BucketCheckpoint(NamedTuple):
 
 
 class BucketCache:
-    def __init__(self, config: object, device: torch.device, dtype: torch.dtype, context_length: int) -> None:
+    def __init__(
+        self, config: PreTrainedConfig, device: torch.device, dtype: torch.dtype, context_length: int
+    ) -> None:
         self._config = config
         self._device = device
         self._dtype = dtype
@@ -114,8 +117,8 @@ class BucketCache:
     def join(self, sample_id: str, cache: DynamicCache) -> None:
         """Adds a prefilled sequence (its own cache, all positions real)."""
         length = cache.get_seq_length()
-        layers = [layer for layer in cache.layers if layer.keys is not None]
-        self._insert(sample_id, length, [layer.keys for layer in layers], [layer.values for layer in layers])
+        keys, values = layer_tensors(cache)
+        self._insert(sample_id, length, keys, values)
 
     def duplicate(self, source_id: str, sample_id: str) -> None:
         """A second sample of a prompt starts from a copy of its row."""
@@ -162,19 +165,23 @@ class BucketCache:
         for bucket in self._buckets:
             if capacity_for(len(bucket.rows)) < bucket.capacity:
                 self._resize(bucket, capacity_for(len(bucket.rows)))
-        index, fed, positions, steps, shape = {}, [], [], [], []
+        row_of: dict[str, int] = {}
+        fed: list[int] = []
+        positions: list[int] = []
+        steps: list[BucketStep] = []
+        shape: list[tuple[int, int, int]] = []
         for bucket in [b for b in self._buckets if b.rows]:
             count = bucket.capacity if padded else len(bucket.rows)
             empty = count - len(bucket.rows)
             start = len(fed)
-            index.update({row: start + slot for slot, row in enumerate(bucket.rows)})
+            row_of.update({row: start + slot for slot, row in enumerate(bucket.rows)})
             fed.extend([tokens[row] for row in bucket.rows] + [0] * empty)
             positions.extend(bucket.lengths + [0] * empty)
             bucket.lengths = [length + 1 for length in bucket.lengths]
             span = bucket.width if padded else max(bucket.lengths)
             steps.append(BucketStep(bucket.keys, bucket.values, start, count, span))
             shape.append((bucket.width, count, bucket.generation))
-        return DecodeBatch(index, torch.tensor([fed, positions]), steps, tuple(shape))
+        return DecodeBatch(row_of, torch.tensor([fed, positions]), steps, tuple(shape))
 
     def _find(self, sample_id: str) -> tuple[_Bucket, int]:
         for bucket in self._buckets:
@@ -243,3 +250,13 @@ class BucketCache:
         bucket, slot = self._find(sample_id)
         self._insert(sample_id, bucket.lengths[slot], *self._row(bucket, slot))
         self._free(bucket, slot)
+
+
+def layer_tensors(cache: DynamicCache) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """A prefilled cache's keys and values, per layer ([1, kv heads, length, head dim] each)."""
+    keys, values = [], []
+    for layer in cache.layers:
+        if isinstance(layer, DynamicLayer) and layer.keys is not None and layer.values is not None:
+            keys.append(layer.keys)
+            values.append(layer.values)
+    return keys, values

@@ -19,14 +19,14 @@ class BucketStep(NamedTuple):
     keys: list[torch.Tensor]  # per layer, the bucket's whole tensor [capacity, kv heads, width, head dim]
     values: list[torch.Tensor]
     start: int  # its first row in the batch
-    count: int  # its rows in the batch (padded: every slot)
+    rows: int  # its rows in the batch (padded: every slot)
     span: int  # the columns its attention reads
 
 
 class DecodeBatch(NamedTuple):
     """One decode step's rows, laid out bucket by bucket."""
 
-    index: dict[str, int]  # where each running sample's row sits in the batch
+    row_of: dict[str, int]  # where each running sample's row sits in the batch
     inputs: torch.Tensor  # [2, batch] on the CPU: each row's token and position (padding rows: 0, 0)
     buckets: list[BucketStep]
     shape: tuple  # what a padded step's shapes and addresses depend on: each bucket's (width, rows, generation)
@@ -34,7 +34,7 @@ class DecodeBatch(NamedTuple):
 
 class _Part(NamedTuple):
     bucket: BucketStep
-    slots: torch.Tensor  # the bucket's slots this step writes, 0..count-1
+    slots: torch.Tensor  # the bucket's slots this step writes, 0..rows-1
     columns: torch.Tensor  # the column each of those rows writes: its position
     mask: torch.Tensor  # [rows, 1, 1, span]: each row sees its positions and the one this step writes
 
@@ -44,16 +44,16 @@ class StepLayout:
         """`positions`: the batch's positions, on the device (the second row of its inputs)."""
         self._parts = []
         for bucket in batch.buckets:
-            columns = positions[bucket.start : bucket.start + bucket.count]
+            columns = positions[bucket.start : bucket.start + bucket.rows]
             # Columns beyond a row's position are stale (or another row's, after a back-off): masked.
             visible = torch.arange(bucket.span, device=positions.device) <= columns.unsqueeze(1)
-            slots = torch.arange(bucket.count, device=positions.device)
+            slots = torch.arange(bucket.rows, device=positions.device)
             self._parts.append(_Part(bucket, slots, columns, visible[:, None, None, :]))
 
     def write(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> None:
         """Stores every row's new key and value ([batch, kv heads, 1, head dim]) at its position."""
         for part in self._parts:
-            rows = slice(part.bucket.start, part.bucket.start + part.bucket.count)
+            rows = slice(part.bucket.start, part.bucket.start + part.bucket.rows)
             stored = part.bucket.keys[layer]
             stored[part.slots, :, part.columns] = keys[rows, :, 0].to(stored.dtype)
             part.bucket.values[layer][part.slots, :, part.columns] = values[rows, :, 0].to(stored.dtype)
@@ -64,8 +64,8 @@ class StepLayout:
         return [
             (
                 part.bucket.start,
-                part.bucket.keys[layer][: part.bucket.count, :, : part.bucket.span],
-                part.bucket.values[layer][: part.bucket.count, :, : part.bucket.span],
+                part.bucket.keys[layer][: part.bucket.rows, :, : part.bucket.span],
+                part.bucket.values[layer][: part.bucket.rows, :, : part.bucket.span],
                 part.mask,
             )
             for part in self._parts

@@ -59,7 +59,7 @@ def _convert(gguf: Path, destination: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # The weights are already de-quantised to float32; without this, save_pretrained refuses a "quantized" model.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]  # typed without None, which transformers accepts
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(destination)

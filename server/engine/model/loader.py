@@ -4,14 +4,13 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from server.engine.model import default_model
-from server.engine.options import ModelLoadError, ModelSpec, served_name
+from server.engine.options import ModelLoadError, ModelSpec, local_or_hub, served_name
 from server.engine.text.vocabulary import Vocabulary
 
 log = logging.getLogger(__name__)
@@ -62,21 +61,24 @@ def base_model_source(spec: ModelSpec) -> str:
     """The base model's folder or hub id; the embedded model's converted folder when none is configured."""
     if spec.model is None:
         return str(default_model.embedded_model_folder(spec.cache_dir))
-    return _local_or_hub(spec.model, "model", "config.json")
+    return local_or_hub(spec.model, "model", "config.json")
 
 
 def load(spec: ModelSpec) -> LoadedModel:
     started = time.monotonic()
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
-    adapter = _local_or_hub(spec.adapter, "adapter", "adapter_config.json") if spec.adapter else None
+    adapter = local_or_hub(spec.adapter, "adapter", "adapter_config.json") if spec.adapter else None
     source = base_model_source(spec)
     log.info("loading base model %s on %s (%s)", source, device, str(dtype).removeprefix("torch."))
     tokenizer = _load_or_explain(lambda: AutoTokenizer.from_pretrained(source), f"model '{source}'")
-    model = _load_or_explain(lambda: AutoModelForCausalLM.from_pretrained(source, dtype=dtype), f"model '{source}'")
+    model: PreTrainedModel = _load_or_explain(
+        lambda: AutoModelForCausalLM.from_pretrained(source, dtype=dtype), f"model '{source}'"
+    )
     if adapter:
         model = _apply_adapter(model, adapter, merge=spec.merge, base=source)
-    model = model.to(device).eval()
+    # transformers wraps `to` in a decorator whose stub takes the model itself as the first argument.
+    model = model.to(device).eval()  # type: ignore[arg-type]
     vocabulary = Vocabulary(tokenizer, model.get_output_embeddings().weight.shape[0], _eos_ids(model, tokenizer))
     log.info("model ready in %.1f s", time.monotonic() - started)
     return LoadedModel(
@@ -94,7 +96,7 @@ def _apply_adapter(model: PreTrainedModel, adapter: str, *, merge: bool, base: s
 
     log.info("applying LoRA adapter %s", adapter)
     try:
-        model = PeftModel.from_pretrained(model, adapter)
+        adapted = PeftModel.from_pretrained(model, adapter)
     except RuntimeError as error:
         mismatch = next((line.strip() for line in str(error).splitlines() if "size mismatch" in line), None)
         if mismatch is None:
@@ -106,8 +108,9 @@ def _apply_adapter(model: PreTrainedModel, adapter: str, *, merge: bool, base: s
         raise ModelLoadError(f"cannot load adapter '{adapter}': {_first_line(error)}") from error
     if merge:
         log.info("merging the adapter into the weights")
-        return model.merge_and_unload()
-    return model
+        return adapted.merge_and_unload()
+    # Unmerged, the PeftModel answers every attribute of the model it wraps (peft forwards them): it is used as one.
+    return cast(PreTrainedModel, adapted)
 
 
 def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
@@ -116,19 +119,6 @@ def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> froz
         value = getattr(source, "eos_token_id", None)
         ids.update(value if isinstance(value, list) else [] if value is None else [value])
     return frozenset(ids)
-
-
-def _local_or_hub(source: str, what: str, marker: str) -> str:
-    """A source written as a path must be an existing folder holding `marker`; anything else is taken for a hub
-    id."""
-    path = Path(source).expanduser()
-    if not (source.startswith(("/", "./", "../", "~")) or path.exists()):
-        return source
-    if not path.is_dir():
-        raise ModelLoadError(f"{what} folder '{source}' does not exist or is not a folder")
-    if not (path / marker).is_file():
-        raise ModelLoadError(f"{what} folder '{source}' has no {marker}")
-    return str(path)
 
 
 def _load_or_explain(load_fn: Callable[[], T], what: str) -> T:

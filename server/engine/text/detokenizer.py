@@ -53,7 +53,7 @@ def _piece_decoder(tokenizer: "PreTrainedTokenizerBase") -> Callable[[int, str],
         return lambda _, piece: bytes(alphabet[char] for char in piece)
     if '"ByteFallback"' in decoder or '"Metaspace"' in decoder:
         return lambda _, piece: _sentencepiece_bytes(piece)
-    return lambda token_id, _: tokenizer.decode([token_id]).encode()
+    return lambda token_id, _: str(tokenizer.decode([token_id])).encode()
 
 
 def _sentencepiece_bytes(piece: str) -> bytes:

@@ -37,7 +37,7 @@ class Vocabulary:
         return with_bos(ids, self.bos_id)
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
+        return str(self.tokenizer.decode(list(ids), skip_special_tokens=False))
 
     def token_text(self, token_id: int) -> str:
         """One token's own text (a token holding part of a UTF-8 character shows replacement characters)."""
