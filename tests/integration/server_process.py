@@ -28,10 +28,16 @@ def free_port() -> int:
 
 class ServerProcess:
     def __init__(
-        self, *args: str, env: dict[str, str] | None = None, module: str = "server", dtype: str = "float32"
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        module: str = "server",
+        dtype: str = "float32",
+        cwd: Path = ROOT,
     ) -> None:
         """`dtype` is float32 unless a test asks otherwise: the tests compare tokens across batches, cached
-        prefixes and requests, and bf16 rounding keeps those equal only for identical matrix shapes."""
+        prefixes and requests, and bf16 rounding keeps those equal only for identical matrix shapes. `cwd`: the
+        checkout whose server runs (benchmarks compare an older one)."""
         self.url = f"http://127.0.0.1:{free_port()}"
         self.log = tempfile.NamedTemporaryFile(prefix="rpserve-", suffix=".log", delete=False)  # noqa: SIM115
         self.health_statuses: list[int] = []
@@ -40,10 +46,10 @@ class ServerProcess:
         self.http = httpx.Client(base_url=self.url, timeout=5)
         self.process = subprocess.Popen(
             [sys.executable, "-m", module, "--port", self.url.rsplit(":", 1)[1], "--dtype", dtype, *args],
-            cwd=ROOT,
+            cwd=cwd,
             stdout=self.log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, "PYTHONPATH": str(cwd), **(env or {})},
         )
 
     def wait_ready(self, timeout: float = 300) -> "ServerProcess":

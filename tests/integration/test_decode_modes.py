@@ -61,17 +61,15 @@ def test_captured_and_eager_decode_give_the_same_tokens(captured_server, eager_s
     assert "decode: captured (self-check passed)" in captured_server.output()
 
 
-@pytest.mark.parametrize(
-    ("fault", "problem"),
-    [("fail", "capturing the decode step failed: RuntimeError: injected"), ("differ", "step 0: logits differ by 0.5")],
-)
-def test_a_captured_step_that_fails_or_differs_leaves_the_server_serving_eager(eager_server, fault, problem):
+def test_a_captured_step_that_differs_leaves_the_server_serving_eager(eager_server):
+    """One smoke test at the server: every way the self-check fails (a capture that raises, NaN, a rolled
+    vocabulary, a small difference) is tested on the model runner in tests/unit/test_batched_decode.py."""
+    problem = "step 0: logits differ by 0.5"
     server = ServerProcess(
         "--decode-mode",
         "captured",
         *FLAGS,
         module="tests.integration.capture_fault_server",
-        env={"CAPTURE_FAULT": fault},
     ).wait_ready()
     try:
         assert server.health()["decode_mode"] == "eager"
