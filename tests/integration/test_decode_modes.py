@@ -1,6 +1,7 @@
 """`--decode-mode captured` (on the CPU: the padded step a CUDA graph records, run directly) gives the same greedy
-tokens as eager, for concurrent requests, swipes from the prefix cache and `n` > 1; a captured step that fails or
-differs is caught by the start-up self-check, and the server serves eager with one warning.
+tokens as eager, for concurrent requests, swipes from the prefix cache and `n` > 1; a captured step that differs
+is caught by the start-up self-check, and the server serves eager with one warning. That server is the eager one
+the captured one is compared with.
 
 Attention over a bucket's whole (masked) width sums in another order, so logits differ in the last float bits and
 a near-tie could flip a greedy choice: the comparison is of texts and logprobs within 1e-3
@@ -26,8 +27,10 @@ def captured_server():
 
 @pytest.fixture(scope="module")
 def eager_server():
-    server = ServerProcess("--decode-mode", "eager", *FLAGS).wait_ready()
-    yield server
+    """Asked for captured decode, whose steps are broken on purpose (off by 0.5): the self-check finds it, and the
+    server serves eager."""
+    server = ServerProcess("--decode-mode", "captured", *FLAGS, module="tests.integration.capture_fault_server")
+    yield server.wait_ready()
     server.stop()
 
 
@@ -64,18 +67,8 @@ def test_captured_and_eager_decode_give_the_same_tokens(captured_server, eager_s
 def test_a_captured_step_that_differs_leaves_the_server_serving_eager(eager_server):
     """One smoke test at the server: every way the self-check fails (a capture that raises, NaN, a rolled
     vocabulary, a small difference) is tested on the model runner in tests/unit/test_batched_decode.py."""
-    problem = "step 0: logits differ by 0.5"
-    server = ServerProcess(
-        "--decode-mode",
-        "captured",
-        *FLAGS,
-        module="tests.integration.capture_fault_server",
-    ).wait_ready()
-    try:
-        assert server.health()["decode_mode"] == "eager"
-        warnings = [line for line in server.output().splitlines() if "WARNING" in line]
-        assert len(warnings) == 1 and f"captured decode failed its self-check ({problem}" in warnings[0]
-        assert "serving eager decode steps" in warnings[0]
-        assert same(greedy_texts(server.url), greedy_texts(eager_server.url))
-    finally:
-        server.stop()
+    assert eager_server.health()["decode_mode"] == "eager"
+    warnings = [line for line in eager_server.output().splitlines() if "WARNING" in line]
+    assert len(warnings) == 1
+    assert "captured decode failed its self-check (step 0: logits differ by 0.5 (tolerance" in warnings[0]
+    assert "serving eager decode steps" in warnings[0]

@@ -45,12 +45,14 @@ def gone(pid: int, seconds: float = 60) -> bool:
     return False
 
 
-def test_the_engine_has_its_own_process_and_stops_with_the_server():
+def test_the_engine_has_its_own_process_and_stops_with_the_server_which_never_loads_torch():
     server = ServerProcess().wait_ready()
     engine = engine_pid(server)
     assert engine != server.process.pid
     answer = httpx.post(f"{server.url}/v1/completions", json={"prompt": "Hi", "max_tokens": 3}, timeout=60)
     assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] == 3
+    assert "libtorch" not in Path(f"/proc/{server.process.pid}/maps").read_text()
+    assert "libtorch" in Path(f"/proc/{engine}/maps").read_text()
     assert server.stop() == 0
     assert gone(engine)
 
@@ -140,14 +142,3 @@ def test_an_engine_that_cannot_reload_its_model_ends_the_server(model_folder, tm
     last = server.output().strip().splitlines()[-1]
     assert last.startswith("rpserve: error: the engine process could not be restarted: ")
     assert "has no config.json" in last
-
-
-def test_the_http_process_never_loads_torch():
-    server = ServerProcess().wait_ready()
-    try:
-        answer = httpx.post(f"{server.url}/v1/completions", json={"prompt": "Hi", "max_tokens": 2}, timeout=60)
-        assert answer.status_code == 200
-        maps = Path(f"/proc/{server.process.pid}/maps").read_text()
-        assert "libtorch" not in maps and "libtorch" in Path(f"/proc/{engine_pid(server)}/maps").read_text()
-    finally:
-        server.stop()

@@ -117,7 +117,7 @@ def test_a_padded_batch_feeds_every_slot_and_an_eager_one_only_the_rows():
     before = cache.checkpoint()
     padded = cache.advance(tokens, padded=True)
     assert padded.inputs.tolist() == [[1, 2, 3, 4, 5, 0, 6], [10, 20, 30, 40, 50, 0, 300]]
-    assert padded.index == {"a": 0, "b": 1, "c": 2, "d": 3, "e": 4, "long": 6}
+    assert padded.row_of == {"a": 0, "b": 1, "c": 2, "d": 3, "e": 4, "long": 6}
     assert [(step.start, step.rows, step.span) for step in padded.buckets] == [(0, 6, 256), (6, 1, 384)]
     cache.restore(before)
     eager = cache.advance(tokens, padded=False)
