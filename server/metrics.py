@@ -67,6 +67,11 @@ class _EngineCollector(Collector):
         yield CounterMetricFamily(
             "rpserve_reused_prompt_tokens", "Prompt tokens taken from the prefix cache.", value=stats.reused_tokens
         )
+        yield CounterMetricFamily(
+            "rpserve_shifted_prompt_tokens",
+            "Prompt tokens taken from the prefix cache from other positions, their keys shifted (cache reuse).",
+            value=stats.shifted_tokens,
+        )
         yield CounterMetricFamily("rpserve_generated_tokens", "Tokens generated.", value=stats.generated_tokens)
         yield CounterMetricFamily(
             "rpserve_failed_requests", "Requests ended by a fault in the engine.", value=stats.failed_requests

@@ -103,6 +103,20 @@ class Settings(BaseSettings):
         "(checked against eager at start-up; on any failure the server warns and runs eager), `eager` runs every "
         "operation each step, `auto` is captured on CUDA and eager on CPU (where there are no graphs to replay).",
     )
+    cache_reuse: int = Field(
+        0,
+        ge=0,
+        description="Once a chat is past the context and the client drops its oldest messages, reuse the cached "
+        "runs of at least this many prompt tokens that only moved, their keys shifted to the new positions, "
+        "instead of prefilling them again (llama.cpp's --cache-reuse; an approximation: see the README). 0: off. "
+        "A request's `n_cache_reuse` overrides it.",
+    )
+    max_model_len: int | None = Field(
+        None,
+        ge=16,
+        description="The context the server allows (prompt plus generated tokens), at most the model's own. Unset: "
+        "the model's (`max_position_embeddings`).",
+    )
     prefill_chunk: int = Field(
         512,
         ge=16,

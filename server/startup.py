@@ -34,6 +34,7 @@ def engine_options(settings: Settings) -> EngineOptions:
         kv_cache_mb=settings.kv_cache_mb,
         memory_fraction=settings.memory_fraction,
         prefill_chunk=settings.prefill_chunk,
+        max_model_len=settings.max_model_len,
         request_timeout=settings.request_timeout or None,
         log_content=settings.log_content,
         decode_mode=settings.decode_mode,

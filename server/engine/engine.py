@@ -26,7 +26,7 @@ from server.engine.handle import GenerationHandle, Outbox, OutputSink
 from server.engine.kv.budget import KvBudget, kv_bytes_per_token, reservation
 from server.engine.kv.memory import kv_budget_bytes, release_free_host_memory
 from server.engine.model.loader import LoadedModel
-from server.engine.options import EngineOptions
+from server.engine.options import EngineOptions, ModelLoadError
 from server.engine.output_processor import BackOff, Ending, OutputProcessor
 from server.engine.request import GenerationError, GenerationRequest
 from server.engine.request_state import RequestState
@@ -55,6 +55,17 @@ class _Shutdown:
     pass
 
 
+def context_length(loaded: LoadedModel, max_model_len: int | None) -> int:
+    """The context the engine allows: `--max-model-len`, which may not exceed the model's own."""
+    if max_model_len is None:
+        return loaded.context_length
+    if max_model_len > loaded.context_length:
+        raise ModelLoadError(
+            f"--max-model-len {max_model_len} is more than the model's context of {loaded.context_length} tokens"
+        )
+    return max_model_len
+
+
 @dataclass(frozen=True)
 class SamplingFailed:
     """A row that could not be sampled, and why."""
@@ -77,7 +88,7 @@ class Engine:
         self.kv_budget = KvBudget.of(
             budget_bytes, kv_bytes_per_token(loaded.model.config, loaded.dtype.itemsize), options.prefix_cache_mb
         )
-        self.context_length = loaded.context_length
+        self.context_length = context_length(loaded, options.max_model_len)
         self._device = loaded.device
         self._request_timeout = options.request_timeout
         self._in_flight = 0
@@ -85,7 +96,11 @@ class Engine:
         mode = options.decode_mode
         captured = mode == "captured" or (mode == "auto" and loaded.device.type == "cuda")
         self._runner = ModelRunner(
-            loaded.model, loaded.device, prefix_budget_tokens=self.kv_budget.prefix_tokens, captured=captured
+            loaded.model,
+            loaded.device,
+            prefix_budget_tokens=self.kv_budget.prefix_tokens,
+            context_length=self.context_length,
+            captured=captured,
         )
         if captured:
             self._check_captured_decode(loaded)
@@ -279,7 +294,10 @@ class Engine:
         started = time.perf_counter()
         try:
             if work.starts:
-                self._runner.start_prefill(leader.sample_id, leader.request.prompt_ids)
+                request = leader.request
+                shifted = self._runner.start_prefill(leader.sample_id, request.prompt_ids, request.cache_reuse)
+                for state in work.group:
+                    state.shifted_tokens = shifted
             first = self._runner.prefill_chunk(leader.sample_id, work.tokens)
         except Exception as error:  # this prompt alone: its own cache, its own forward
             if not isinstance(error, torch.OutOfMemoryError):
@@ -387,6 +405,7 @@ class Engine:
         self.stats.running_caches = self._runner.running_caches
         self.stats.prefilled_tokens = self._runner.prefilled_tokens
         self.stats.reused_tokens = self._runner.reused_tokens
+        self.stats.shifted_tokens = self._runner.shifted_tokens
         self.stats.prefix_cache_entries = len(self._runner.prefix_cache)
         self.stats.prefix_cache_tokens = self._runner.prefix_cache.tokens
         self.stats.batch_cache_tokens = self._runner.batch_tokens

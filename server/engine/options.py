@@ -72,6 +72,7 @@ class EngineOptions:
     kv_cache_mb: int | None = None  # None: a share of the device's memory once the model is loaded
     memory_fraction: float = 0.9
     prefill_chunk: int = 512
+    max_model_len: int | None = None  # the context allowed, at most the model's; None: the model's
     request_timeout: float | None = None
     log_content: bool = False
     decode_mode: str = "eager"  # "eager", "captured" (self-checked, eager when that fails) or "auto"

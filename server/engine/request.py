@@ -24,6 +24,7 @@ class GenerationRequest:
     logprobs: int | None = None  # report the chosen token's logprob and this many alternatives
     banned_strings: tuple[str, ...] = ()  # never sent: the engine backs off and samples again
     log_id: str = ""  # the caller's id for the request, which `--log-content` lines carry
+    cache_reuse: int = 0  # > 0: cached runs of at least this many prompt tokens are moved, not prefilled
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class GenerationOutput:
     error: GenerationError | None = None
     logprobs: tuple[TokenLogprob, ...] = ()
     stop_string: str | None = None  # the stop string that ended generation, if one did
+    shifted_tokens: int = 0  # prompt tokens whose cache was moved from elsewhere (cache reuse); on the last output
 
     def with_text(self, text: str) -> "GenerationOutput":
         return replace(self, text=text)

@@ -18,7 +18,8 @@ class RequestState:
     submitted_at: float = 0.0  # time.monotonic() when it was queued
     deadline: float | None = None  # `--request-timeout`: when it ends, whatever it has done
     last_token_at: float | None = None
-    reservation: int = 0  # KV positions it is counted for (see memory.py)
+    reservation: int = 0  # KV positions it is counted for (see kv/budget.py)
+    shifted_tokens: int = 0  # of its prompt, moved from the prefix cache (cache reuse)
     stops: StopMatcher = field(init=False)
     output_ids: list[int] = field(default_factory=list)
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)
@@ -54,4 +55,5 @@ class RequestState:
             error=error,
             logprobs=logprobs,
             stop_string=stop_string,
+            shifted_tokens=self.shifted_tokens if finish_reason else 0,
         )

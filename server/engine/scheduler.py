@@ -160,7 +160,8 @@ class Scheduler:
 
     def _to_prefill(self, leader: RequestState) -> int:
         """Prompt tokens a prefill starting now runs: those the prefix cache does not hold."""
-        return len(leader.request.prompt_ids) - self._prefix_cache.reusable(leader.request.prompt_ids)
+        request = leader.request
+        return len(request.prompt_ids) - self._prefix_cache.reusable(request.prompt_ids, request.cache_reuse)
 
     def _make_room(self, group: list[RequestState]) -> bool:
         """Whether the KV budget holds the running requests and `group` at their widest, evicting prefix-cache

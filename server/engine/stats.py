@@ -27,7 +27,8 @@ class EngineStats:
     generated_tokens: int = 0
     finished_requests: int = 0
     prefilled_tokens: int = 0  # prompt tokens run through the model
-    reused_tokens: int = 0  # prompt tokens taken from the prefix cache instead
+    reused_tokens: int = 0  # prompt tokens taken from the prefix cache instead, in place
+    shifted_tokens: int = 0  # prompt tokens taken from the prefix cache from other positions (cache reuse)
     prefix_cache_entries: int = 0
     prefix_cache_tokens: int = 0
     prompt_tokens: int = 0  # of every admitted request

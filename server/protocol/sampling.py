@@ -83,6 +83,13 @@ class SamplerFields(RequestBody):
     banned_strings: list[str] | None = Field(
         None, max_length=64, description="Never sent: the server backs off and samples another token."
     )
+    cache_reuse: int | None = Field(
+        None,
+        ge=0,
+        validation_alias=AliasChoices("n_cache_reuse", "cache_reuse"),
+        description="Reuse cached runs of at least this many prompt tokens that only moved (0: off). Unset: the "
+        "server's --cache-reuse.",
+    )
     sampler_priority: list[str] | None = None
     samplers: list[str] | None = None
     sampler_order: list[int] | None = None

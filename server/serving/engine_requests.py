@@ -55,6 +55,7 @@ def engine_requests(
         skip_special_tokens=options.skip_special_tokens,
         banned_strings=tuple(text for text in fields.banned_strings or () if text),
         log_id=getattr(http.state, "request_id", ""),
+        cache_reuse=state.settings.cache_reuse if fields.cache_reuse is None else fields.cache_reuse,
     )
     return PromptSamples(answer_id, samples_of(base, options.samples))
 

@@ -120,6 +120,7 @@ class Generation:
         if outputs:
             usage = Usage.of_samples(outputs)
             self._http.state.usage = (usage.prompt_tokens, usage.completion_tokens)
+            self._http.state.shifted_tokens = max(output.shifted_tokens for output in outputs)
 
 
 def without_label_space(outputs: AsyncIterator[GenerationOutput]) -> AsyncIterator[GenerationOutput]:

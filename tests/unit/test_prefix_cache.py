@@ -54,4 +54,4 @@ def test_budget_and_superseded_entries():
 
 def test_nothing_kept_without_budget():
     cache = PrefixCache(budget_tokens=0)
-    assert cache.take([1, 2, 3]) == (None, 0)
+    assert cache.take([1, 2, 3]) == (None, 0, 0)

@@ -17,6 +17,7 @@ from server.engine.forward.decode_graphs import CaptureFailed, DecodeGraphs
 from server.engine.forward.decode_step import DecodeStep
 from server.engine.kv.bucket_cache import BucketCache
 from server.engine.kv.prefix_cache import PrefixCache
+from server.engine.kv.rope_shift import rope_frequencies, shifted_keys
 from server.engine.kv.step_layout import DecodeBatch
 
 log = logging.getLogger(__name__)
@@ -33,20 +34,29 @@ class _Prefill:
 
 class ModelRunner:
     def __init__(
-        self, model: PreTrainedModel, device: torch.device, prefix_budget_tokens: int, *, captured: bool = False
+        self,
+        model: PreTrainedModel,
+        device: torch.device,
+        prefix_budget_tokens: int,
+        *,
+        context_length: int | None = None,
+        captured: bool = False,
     ) -> None:
         """`captured`: decode steps run as captured graphs of padded batches (on the CPU: the same padded step,
         uncaptured); `use_eager` turns that off."""
         self.model = model  # read by the test servers that inject faults into its forward
         self._device = device
         use_engine_attention(model)
-        self._batch = BucketCache(model.config, device, model.dtype, model.config.max_position_embeddings)
+        context_length = context_length or model.config.max_position_embeddings
+        self._batch = BucketCache(model.config, device, model.dtype, context_length)
         self._step = DecodeStep(model, device)
         self._graphs = DecodeGraphs(self._step, device) if captured else None
         self._pending: dict[str, _Prefill] = {}
-        self._prefixes = PrefixCache(prefix_budget_tokens)
+        frequencies = rope_frequencies(model)
+        self._prefixes = PrefixCache(prefix_budget_tokens, lambda keys, shift: shifted_keys(keys, shift, frequencies))
         self.prefilled_tokens = 0
-        self.reused_tokens = 0
+        self.reused_tokens = 0  # prompt tokens whose cache was the prefix cache's, in place
+        self.shifted_tokens = 0  # prompt tokens whose cache the prefix cache held elsewhere (cache reuse)
 
     @property
     def decode_mode(self) -> str:
@@ -76,11 +86,16 @@ class ModelRunner:
         """KV positions allocated for the running rows, padding and holes included."""
         return self._batch.allocated_tokens
 
-    def start_prefill(self, sample_id: str, token_ids: Sequence[int]) -> None:
-        """Begins a prompt from the longest cached prefix; `prefill_chunk` runs the rest."""
-        cache, reused = self._prefixes.take(token_ids)
-        self._pending[sample_id] = _Prefill(cache or DynamicCache(config=self.model.config), token_ids, reused)
+    def start_prefill(self, sample_id: str, token_ids: Sequence[int], cache_reuse: int = 0) -> int:
+        """Begins a prompt from the longest cached prefix (and, with `cache_reuse` > 0, the cached runs of at least
+        that many tokens after it, moved into place); `prefill_chunk` runs the rest. Returns how many were
+        moved."""
+        cache, reused, shifted = self._prefixes.take(token_ids, cache_reuse)
+        start = cache or DynamicCache(config=self.model.config)
+        self._pending[sample_id] = _Prefill(start, token_ids, reused + shifted)
         self.reused_tokens += reused
+        self.shifted_tokens += shifted
+        return shifted
 
     def prefill_remaining(self, sample_id: str) -> int:
         pending = self._pending[sample_id]
