@@ -6,7 +6,7 @@ rows, eager or captured (one CUDA graph per padded batch shape: server/engine/fo
 """
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -52,11 +52,18 @@ class ModelRunner:
         self._step = DecodeStep(model, device)
         self._graphs = DecodeGraphs(self._step, device) if captured else None
         self._pending: dict[str, _Prefill] = {}
-        frequencies = rope_frequencies(model)
-        self._prefixes = PrefixCache(prefix_budget_tokens, lambda keys, shift: shifted_keys(keys, shift, frequencies))
+        self._prefixes = PrefixCache(prefix_budget_tokens, self._key_shifter(model))
         self.prefilled_tokens = 0
         self.reused_tokens = 0  # prompt tokens whose cache was the prefix cache's, in place
         self.shifted_tokens = 0  # prompt tokens whose cache the prefix cache held elsewhere (cache reuse)
+
+    @staticmethod
+    def _key_shifter(model: PreTrainedModel) -> Callable[[torch.Tensor, int], torch.Tensor] | None:
+        """How cached keys move to other positions (cache reuse); None for a model without RoPE."""
+        frequencies = rope_frequencies(model)
+        if frequencies is None:
+            return None
+        return lambda keys, shift: shifted_keys(keys, shift, frequencies)
 
     @property
     def decode_mode(self) -> str:

@@ -10,13 +10,14 @@ their dtype.
 import torch
 
 
-def rope_frequencies(model: torch.nn.Module) -> torch.Tensor:
-    """The model's rotary frequencies, [head dim / 2], as its attention layers use them."""
+def rope_frequencies(model: torch.nn.Module) -> torch.Tensor | None:
+    """The model's rotary frequencies, [head dim / 2], as its attention layers use them; None for a model without
+    a rotary embedding (its cached keys cannot be moved)."""
     for module in model.modules():
         frequencies = getattr(module, "inv_freq", None)
         if isinstance(frequencies, torch.Tensor):
             return frequencies
-    raise ValueError("the model has no rotary embedding (inv_freq): its cached keys cannot be moved")
+    return None
 
 
 def shifted_keys(keys: torch.Tensor, shift: int, frequencies: torch.Tensor) -> torch.Tensor:
