@@ -11,7 +11,11 @@ Speed, on real servers (exact and `--cache-reuse 256`, one run, turns interleave
 each prefilled. For Llama-3.1-8B at a 12k context: the tokens a turn prefills, counted with its tokenizer.
 
     .venv/bin/python -m bench.long_chat [--drift-context 2048] [--drift-turns 10] [--steps 8] [--turns 20]
-                                        [--skip-speed] [--out FILE]
+                                        [--model M] [--adapter A] [--dtype D] [--skip-drift | --skip-speed]
+                                        [--out FILE]
+
+`--model`, `--adapter` and `--dtype` (as the server's) measure the drift on your own weights; the speed part
+always runs the embedded model.
 
 Prints tables and writes JSON (default bench/results/long_chat.json).
 """
@@ -165,19 +169,24 @@ def main() -> None:
     parser.add_argument("--drift-turns", type=int, default=10)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--turns", type=int, default=20)
+    parser.add_argument("--model", help="as the server's --model (default: the embedded model)")
+    parser.add_argument("--adapter", help="as the server's --adapter")
+    parser.add_argument("--dtype", default="float32", help="as the server's --dtype")
     parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--skip-drift", action="store_true")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "long_chat.json")
     args = parser.parse_args()
-    loaded = load(ModelSpec(dtype="float32"))
     result: dict = {"machine": platform.processor() or platform.machine(), "args": vars(args) | {"out": None}}
-    result["drift"] = drift(loaded, args.drift_context, args.drift_turns, args.steps)
-    print(f"drift, context {args.drift_context}, {args.drift_turns} turns x {args.steps} tokens, against re-prefill")
-    print(f"{'reuse N':>8} {'moved share':>12} {'mean KL':>10} {'max KL':>10} {'top-1 agree':>12}")
-    for n, row in result["drift"].items():
-        print(
-            f"{n:>8} {row['moved_share']:12.1%} {row['mean_kl']:10.4f} {row['max_kl']:10.4f} "
-            f"{row['top1_agreement']:12.1%}"
-        )
+    if not args.skip_drift:
+        loaded = load(ModelSpec(model=args.model, adapter=args.adapter, dtype=args.dtype))
+        result["drift"] = drift(loaded, args.drift_context, args.drift_turns, args.steps)
+        print(f"drift, context {args.drift_context}, {args.drift_turns} turns x {args.steps} tokens, vs re-prefill")
+        print(f"{'reuse N':>8} {'moved share':>12} {'mean KL':>10} {'max KL':>10} {'top-1 agree':>12}")
+        for n, row in result["drift"].items():
+            print(
+                f"{n:>8} {row['moved_share']:12.1%} {row['mean_kl']:10.4f} {row['max_kl']:10.4f} "
+                f"{row['top1_agreement']:12.1%}"
+            )
     result["llama_12k"] = llama_12k(args.turns)
     print(f"Llama-3.1-8B, 12k context, prompt tokens prefilled per turn: {result['llama_12k']}")
     if not args.skip_speed:
