@@ -1,6 +1,7 @@
 """SIGTERM: the port stays open and new requests get 503, running requests get `--shutdown-timeout` to finish
 (what is left then ends with an error event), and the process exits 0."""
 
+import json
 import signal
 import threading
 import time
@@ -50,7 +51,12 @@ def test_sigterm_refuses_new_requests_cancels_the_rest_after_the_timeout_and_exi
     assert "".join(texts), "the stream ran during the drain"
     errors = [e for e in events if isinstance(e, dict) and "error" in e]
     assert errors and "shutting down" in errors[0]["error"]["message"]
+    assert errors[0]["error"]["code"] == "shutting_down"
     assert "Traceback" not in server.output()
+    # The cancelled stream's log line says how much it had generated.
+    (logged,) = [line for line in server.output().splitlines() if '"path": "/v1/completions", "status": 200' in line]
+    record = json.loads(logged[logged.index("{") :])
+    assert record["completion_tokens"] > 0 and record["prompt_tokens"] > 0
 
 
 def test_requests_that_finish_within_the_timeout_are_delivered_whole():
