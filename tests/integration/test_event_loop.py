@@ -11,4 +11,5 @@ def test_huge_prompts_do_not_stall_a_running_stream(server):
     # 0.4 MB: under that bound, tokenized (about half a second each) on a worker thread, then refused.
     gaps = gaps_while_huge_prompts_arrive(server.url, [2 * MB] * 5 + [MB * 4 // 10] * 2)
     assert gaps["statuses"] == [400] * 7
-    assert gaps["largest_gap_during_s"] <= 4 * gaps["median_gap_s"], gaps
+    # Before, each prompt was tokenized on the event loop: a gap of about 30 medians (bench/RESULTS.md).
+    assert gaps["largest_gap_during_s"] <= 8 * gaps["median_gap_s"], gaps
