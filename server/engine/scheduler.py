@@ -42,7 +42,7 @@ class StepPlan:
 @dataclass
 class _Prefilling:
     group: list[RequestState]
-    remaining: int  # prompt tokens still to run (an estimate until the engine reports)
+    remaining: int = 0  # prompt tokens still to run: estimated when the prefill starts, then as the engine reports
     started: bool = False
 
 
@@ -117,7 +117,7 @@ class Scheduler:
             if not entry.group:
                 self._prefilling.remove(entry)
             elif leader:
-                entry.remaining, entry.started = self._to_prefill(entry.group[0]), False
+                entry.started = False
         self._evict_to_fit(self._footprint(self._running))
 
     def _take_expired(self, now: float) -> list[RequestState]:
@@ -138,7 +138,7 @@ class Scheduler:
             for state in group:
                 self._waiting.remove(state)
                 self._running.append(state)
-            self._prefilling.append(_Prefilling(group, self._to_prefill(group[0])))
+            self._prefilling.append(_Prefilling(group))
             admitted.append(group)
         return admitted
 

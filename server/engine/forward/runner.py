@@ -76,9 +76,6 @@ class ModelRunner:
     def prefix_cache(self) -> PrefixCache:
         return self._prefixes
 
-    def is_prefilling(self, sample_id: str) -> bool:
-        return sample_id in self._pending
-
     @property
     def running_caches(self) -> int:
         """KV caches held for sequences in the batch or being prefilled (the prefix cache's are not counted)."""
