@@ -7,7 +7,7 @@ from prompting import ends_with_label_space
 from server.engine.service import EngineService
 from server.protocol.generation import RawPromptFields
 from server.serving.engine_requests import truncated_left
-from server.serving.tokenizing import prompt_ids
+from server.serving.tokenizing import encoded, prompt_ids
 
 
 @dataclass(frozen=True)
@@ -28,5 +28,7 @@ async def raw_prompt(
         trim = False
     else:
         trim = trim and ends_with_label_space(prompt)
-        ids = await prompt_ids(engine, prompt[:-1] if trim else prompt, add_bos=add_bos)
+        # A prompt to be cut to `truncation_length` may be longer than any context: no length bound then.
+        encode = encoded if body.truncation_length else prompt_ids
+        ids = await encode(engine, prompt[:-1] if trim else prompt, add_bos=add_bos)
     return RawPrompt(truncated_left(ids, body.truncation_length, body.max_tokens, engine), trim)

@@ -68,6 +68,16 @@ def test_truncation_length_cuts_from_the_left_keeping_bos(client):
     assert direct["choices"][0]["text"] == body["choices"][0]["text"]
 
 
+def test_truncation_length_takes_a_prompt_longer_than_any_context(client):
+    """A prompt too long for the context even at the longest token's length is refused before tokenizing, unless
+    the request asks to cut it to `truncation_length`."""
+    prompt = "The storm went on. " * 40_000  # 760,000 characters: over 8,192 tokens x 81 characters
+    refused = client.post("/v1/completions", json={"prompt": prompt, "max_tokens": 2})
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "context_length_exceeded"
+    cut = client.post("/v1/completions", json={"prompt": prompt, "max_tokens": 2, "truncation_length": 40})
+    assert cut.status_code == 200 and cut.json()["usage"]["prompt_tokens"] == 38
+
+
 def test_skip_special_tokens(client):
     (end_of_text,) = tokenizers.smollm2().encode("<|endoftext|>", add_special_tokens=False)
     body = {"prompt": PROMPT, "max_tokens": 2, "logit_bias": {str(end_of_text): 100}}
