@@ -226,6 +226,8 @@ class EngineClient:
         except ModelLoadError as error:
             return self._give_up(f"the engine process could not be restarted: {error}")
         log.info("the engine process is back after %.1f s; serving again", time.monotonic() - started)
+        if self._stopping:  # the server began to shut down while the model reloaded: `shutdown` found none to tell
+            self._send(("shutdown",))
         return True
 
     def _give_up(self, message: str) -> bool:

@@ -142,3 +142,13 @@ def test_an_engine_that_cannot_reload_its_model_ends_the_server(model_folder, tm
     last = server.output().strip().splitlines()[-1]
     assert last.startswith("rpserve: error: the engine process could not be restarted: ")
     assert "has no config.json" in last
+
+
+def test_sigterm_while_the_engine_restarts_stops_the_server():
+    server = ServerProcess().wait_ready()
+    engine = engine_pid(server)
+    os.kill(engine, signal.SIGKILL)
+    wait_health(server, "engine_restarting")
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(timeout=120) == 0
+    assert gone(engine)
