@@ -106,8 +106,9 @@ class PrefixCache:
         return shared + sum(run.length for run in runs)
 
     def take(self, prompt_ids: Sequence[int], min_run: int = 0) -> tuple[DynamicCache | None, int, int]:
-        """A private cache for the first tokens of `prompt_ids`: the longest kept prefix's, cropped to it, and with
-        `min_run` > 0 the moved runs after it (`moved_runs`), shifted into place. Returns the cache, the shared
+        """A private cache for the first tokens of `prompt_ids`, from the entry that gives the most of them: its
+        shared start, cropped to it, and with `min_run` > 0 its moved runs after it (`moved_runs`), shifted into
+        place. Returns the cache, the shared
         prefix's length and how many moved tokens follow it. At least the prompt's last token is left to prefill:
         its logits start generation."""
         best_key, best, runs = self._best(prompt_ids, min_run)
