@@ -46,6 +46,7 @@ EXIT_SECONDS = 10
 MAX_CRASHES = 3
 CRASH_WINDOW_SECONDS = 300
 
+
 class EngineClient:
     def __init__(
         self,

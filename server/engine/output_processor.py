@@ -102,9 +102,7 @@ class OutputProcessor:
         if self._log_content:
             self._log_text(state, ending.reason)
 
-    def record_logprobs(
-        self, logits: torch.Tensor, stepped: list[RequestState], tokens: Sequence[int | None]
-    ) -> None:
+    def record_logprobs(self, logits: torch.Tensor, stepped: list[RequestState], tokens: Sequence[int | None]) -> None:
         """Each sampled token's logprob and its request's number of alternatives, under the model's own
         distribution (None: the row was not sampled); one host transfer for the whole step."""
         wanted = [i for i, s in enumerate(stepped) if s.request.logprobs is not None and tokens[i] is not None]

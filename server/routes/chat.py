@@ -61,9 +61,7 @@ async def create_chat_completion(
     ids = await prompt_ids(engine, prompt.text, add_bos=True)
     options = body.generation_options()
     # The prompt ends at the speaker's colon: the reply's first space is the label's.
-    generation = Generation(
-        request, engine_requests(request, body, options, ids, "chatcmpl"), trim_label_space=True
-    )
+    generation = Generation(request, engine_requests(request, body, options, ids, "chatcmpl"), trim_label_space=True)
     headers = answer_headers(request, body)
     several = body.max_turns > 1
     top = options.logprobs

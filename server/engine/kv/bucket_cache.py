@@ -78,9 +78,7 @@ class BucketCheckpoint(NamedTuple):
 
 
 class BucketCache:
-    def __init__(
-        self, config: PreTrainedConfig, device: torch.device, dtype: torch.dtype, context_length: int
-    ) -> None:
+    def __init__(self, config: PreTrainedConfig, device: torch.device, dtype: torch.dtype, context_length: int) -> None:
         self._config = config
         self._device = device
         self._dtype = dtype

@@ -136,9 +136,7 @@ class PrefixCache:
             cache.update(torch.cat([k for k, _ in parts], dim=2), torch.cat([v for _, v in parts], dim=2), layer)
         return cache
 
-    def _best(
-        self, prompt_ids: Sequence[int], min_run: int
-    ) -> tuple[tuple[int, ...] | None, int, list[MovedRun]]:
+    def _best(self, prompt_ids: Sequence[int], min_run: int) -> tuple[tuple[int, ...] | None, int, list[MovedRun]]:
         """The entry that gives the prompt the most tokens: the first tokens it shares (never the last) and, with
         `min_run` > 0 and keys that can be moved, its moved runs after them."""
         best: tuple[tuple[int, ...] | None, int, list[MovedRun]] = (None, 0, [])
