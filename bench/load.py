@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,8 +169,10 @@ async def run(args: argparse.Namespace) -> dict:
     }
 
 
-def start_server(port: int) -> subprocess.Popen:
-    server = subprocess.Popen([sys.executable, "-m", "server", "--port", str(port), "--log-level", "warning"], cwd=ROOT)
+def start_server(port: int, extra_args: Sequence[str] = ()) -> subprocess.Popen:
+    server = subprocess.Popen(
+        [sys.executable, "-m", "server", "--port", str(port), "--log-level", "warning", *extra_args], cwd=ROOT
+    )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         try:

@@ -42,6 +42,30 @@ def new_turn(seed: int, tokens: int) -> str:
     return f'\n\n::::user:Anon: "{words.capitalize()}?"\n\n::::assistant:Greta:'
 
 
+@dataclass(frozen=True)
+class Target:
+    """A server under test: where it is, the model name it serves, and the body fields only it gets (ours: a
+    seed; a peer may refuse or crash on fields it does not know)."""
+
+    url: str
+    model: str
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The prompts and replies of a run: a history of about `history_tokens`, a new turn of about `new_tokens`,
+    `max_tokens` generated (end of sequence ignored)."""
+
+    history_tokens: int = 2000
+    new_tokens: int = 50
+    max_tokens: int = 64
+    prefix: str = ""  # text put before every prompt (a peer that adds no BOS gets the BOS text here)
+
+    def prompt(self, seed: int) -> str:
+        return self.prefix + roleplay_history(seed, self.history_tokens) + new_turn(seed, self.new_tokens)
+
+
 @dataclass
 class StreamResult:
     ttft: float
@@ -50,20 +74,20 @@ class StreamResult:
     text: str = ""
 
 
-async def stream_once(client: httpx.AsyncClient, url: str, prompt: str, max_tokens: int, model: str) -> StreamResult:
+async def stream_once(client: httpx.AsyncClient, target: Target, prompt: str, max_tokens: int) -> StreamResult:
     body = {
-        "model": model,
+        "model": target.model,
         "prompt": prompt,
         "max_tokens": max_tokens,
         "stream": True,
         "temperature": 1.0,
         "min_p": 0.05,
         "ignore_eos": True,
-        "seed": 1,
+        **target.extra,
     }
     started = time.perf_counter()
     result, last = None, None
-    async with client.stream("POST", f"{url}/v1/completions", json=body) as response:
+    async with client.stream("POST", f"{target.url}/v1/completions", json=body) as response:
         response.raise_for_status()
         async for line in response.aiter_lines():
             if not line.startswith("data:") or line.strip() == "data: [DONE]":
@@ -90,13 +114,12 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def concurrency_level(args, client: httpx.AsyncClient, streams: int, base_seed: int) -> dict:
-    prompts = [
-        roleplay_history(base_seed + i, args.history_tokens) + new_turn(base_seed + i, args.new_tokens)
-        for i in range(streams)
-    ]
+async def concurrency_level(
+    client: httpx.AsyncClient, target: Target, shape: Shape, streams: int, base_seed: int
+) -> dict:
+    prompts = [shape.prompt(base_seed + i) for i in range(streams)]
     started = time.perf_counter()
-    results = await asyncio.gather(*(stream_once(client, args.url, p, args.max_tokens, args.model) for p in prompts))
+    results = await asyncio.gather(*(stream_once(client, target, p, shape.max_tokens) for p in prompts))
     wall = time.perf_counter() - started
     gaps = [gap for r in results for gap in r.gaps]
     chunks = sum(r.chunks for r in results)
@@ -112,12 +135,12 @@ async def concurrency_level(args, client: httpx.AsyncClient, streams: int, base_
     }
 
 
-async def follow_up_and_swipe(args, client: httpx.AsyncClient, seed: int) -> dict:
-    prompt = roleplay_history(seed, args.history_tokens) + new_turn(seed, args.new_tokens)
-    cold = await stream_once(client, args.url, prompt, args.max_tokens, args.model)
-    swipe = await stream_once(client, args.url, prompt, args.max_tokens, args.model)
-    follow = prompt + " " + cold.text + new_turn(seed + 1, args.new_tokens)
-    follow_up = await stream_once(client, args.url, follow, args.max_tokens, args.model)
+async def follow_up_and_swipe(client: httpx.AsyncClient, target: Target, shape: Shape, seed: int) -> dict:
+    prompt = shape.prompt(seed)
+    cold = await stream_once(client, target, prompt, shape.max_tokens)
+    swipe = await stream_once(client, target, prompt, shape.max_tokens)
+    follow = prompt + " " + cold.text + new_turn(seed + 1, shape.new_tokens)
+    follow_up = await stream_once(client, target, follow, shape.max_tokens)
     return {
         "cold_ttft_s": round(cold.ttft, 3),
         "follow_up_ttft_s": round(follow_up.ttft, 3),
@@ -128,17 +151,19 @@ async def follow_up_and_swipe(args, client: httpx.AsyncClient, seed: int) -> dic
 
 
 async def run(args) -> dict:
+    target = Target(args.url, args.model, {"seed": 1})
+    shape = Shape(args.history_tokens, args.new_tokens, args.max_tokens)
     async with httpx.AsyncClient(timeout=httpx.Timeout(args.timeout), headers=args.headers) as client:
         levels = []
         for index, streams in enumerate(args.concurrency):
-            levels.append(await concurrency_level(args, client, streams, base_seed=1000 * (index + 1)))
+            levels.append(await concurrency_level(client, target, shape, streams, base_seed=1000 * (index + 1)))
             row = levels[-1]
             print(
                 f"{args.label:>10} {streams:>7} {row['throughput_tok_s']:>10} {row['ttft_median_s']:>9} "
                 f"{row['itl_median_ms']:>8} {row['itl_p90_ms']:>8} {row['itl_p99_ms']:>8}",
                 flush=True,
             )
-        reuse = await follow_up_and_swipe(args, client, seed=99)
+        reuse = await follow_up_and_swipe(client, target, shape, seed=99)
         print(
             f"{args.label:>10} cold TTFT {reuse['cold_ttft_s']} s, follow-up {reuse['follow_up_ttft_s']} s "
             f"({reuse['follow_up_ratio']}x), swipe {reuse['swipe_ttft_s']} s ({reuse['swipe_ratio']}x)"

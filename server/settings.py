@@ -103,6 +103,13 @@ class Settings(BaseSettings):
         "(checked against eager at start-up; on any failure the server warns and runs eager), `eager` runs every "
         "operation each step, `auto` is captured on CUDA and eager on CPU (where there are no graphs to replay).",
     )
+    cpu_weights: Literal["packed", "plain"] = Field(
+        "packed",
+        description="On the CPU: `packed` stacks each Llama layer's query/key/value and gate/up projections into "
+        "one matrix product each and multiplies by weights oneDNN laid out once for its kernel (faster decoding, "
+        "above all with several streams: bench/RESULTS.md); `plain` runs the layers as loaded. bfloat16 weights "
+        "are packed only on CPUs with AVX512; no effect on GPUs or with an unmerged adapter.",
+    )
     cache_reuse: int = Field(
         0,
         ge=0,

@@ -38,6 +38,7 @@ def engine_options(settings: Settings) -> EngineOptions:
         request_timeout=settings.request_timeout or None,
         log_content=settings.log_content,
         decode_mode=settings.decode_mode,
+        packed_weights=settings.cpu_weights == "packed",
         log_level=settings.log_level,
     )
 

@@ -101,6 +101,7 @@ class Engine:
             prefix_budget_tokens=self.kv_budget.prefix_tokens,
             context_length=self.context_length,
             captured=captured,
+            packed_weights=options.packed_weights,
         )
         if captured:
             self._check_captured_decode(loaded)

@@ -76,4 +76,5 @@ class EngineOptions:
     request_timeout: float | None = None
     log_content: bool = False
     decode_mode: str = "eager"  # "eager", "captured" (self-checked, eager when that fails) or "auto"
+    packed_weights: bool = True  # on the CPU, linear layers on oneDNN-packed weights (forward/packed_linear.py)
     log_level: str = "info"

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from server.engine.forward.attention import use_engine_attention
 from server.engine.forward.decode_graphs import CaptureFailed, DecodeGraphs
 from server.engine.forward.decode_step import DecodeStep
+from server.engine.forward.serving_model import prepare_for_serving
 from server.engine.kv.bucket_cache import BucketCache
 from server.engine.kv.prefix_cache import PrefixCache
 from server.engine.kv.rope_shift import rope_frequencies, shifted_keys
@@ -41,12 +41,13 @@ class ModelRunner:
         *,
         context_length: int | None = None,
         captured: bool = False,
+        packed_weights: bool = True,
     ) -> None:
         """`captured`: decode steps run as captured graphs of padded batches (on the CPU: the same padded step,
-        uncaptured); `use_eager` turns that off."""
+        uncaptured); `use_eager` turns that off. `packed_weights`: see serving_model.prepare_for_serving."""
         self.model = model  # read by the test servers that inject faults into its forward
         self._device = device
-        use_engine_attention(model)
+        prepare_for_serving(model, device, packed_weights=packed_weights)
         context_length = context_length or model.config.max_position_embeddings
         self._batch = BucketCache(model.config, device, model.dtype, context_length)
         self._step = DecodeStep(model, device)

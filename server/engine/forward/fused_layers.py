@@ -1,0 +1,101 @@
+"""Llama's attention and MLP with their input projections stacked into one matrix product each (queries, keys and
+values; gate and up), on oneDNN-packed weights (packed_linear.py): on the CPU a decode step's many small products
+pay a fixed cost each, and two products read the same weights at a higher rate than five (bench/forward.py,
+docs/DESIGN.md).
+
+The forwards are transformers' Llama ones (its rotary embedding and attention interface, so the engine's
+attention and masks apply unchanged) with the stacked product split where the separate ones were. Only modules
+that are exactly transformers' Llama classes are replaced: another architecture's attention may differ (query and
+key norms, biases, sliding windows) and keeps its own.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.llama.modeling_llama import (
+    LlamaAttention,
+    LlamaMLP,
+    apply_rotary_pos_emb,
+    eager_attention_forward,
+)
+
+from server.engine.forward.packed_linear import PackedLinear, can_pack
+
+
+class StackedAttention(torch.nn.Module):
+    def __init__(self, attention: LlamaAttention) -> None:
+        super().__init__()
+        # What transformers' attention functions read from their module.
+        self.config = attention.config
+        self.layer_idx = attention.layer_idx
+        self.head_dim = attention.head_dim
+        self.num_key_value_groups = attention.num_key_value_groups
+        self.scaling = attention.scaling
+        self.is_causal = attention.is_causal
+        heads = attention.config.num_attention_heads
+        kv_heads = attention.config.num_key_value_heads
+        self.splits = [heads * self.head_dim, kv_heads * self.head_dim, kv_heads * self.head_dim]
+        self.qkv_proj = PackedLinear.stacked([attention.q_proj, attention.k_proj, attention.v_proj])
+        self.o_proj = attention.o_proj
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        attention_mask: torch.Tensor | None = None,
+        cache: Any = None,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        input_shape = hidden_states.shape[:-1]
+        hidden_shape = (*input_shape, -1, self.head_dim)
+        query, key, value = (
+            part.view(hidden_shape).transpose(1, 2) for part in self.qkv_proj(hidden_states).split(self.splits, -1)
+        )
+        cos, sin = position_embeddings
+        query, key = apply_rotary_pos_emb(query, key, cos, sin)
+        if cache is not None:
+            key, value = cache.update(key, value, self.layer_idx, kwargs=kwargs)
+        attention: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        output, weights = attention(
+            self, query, key, value, attention_mask, dropout=0.0, scaling=self.scaling, **kwargs
+        )
+        return self.o_proj(output.reshape(*input_shape, -1).contiguous()), weights
+
+
+class StackedMLP(torch.nn.Module):
+    def __init__(self, mlp: LlamaMLP) -> None:
+        super().__init__()
+        self.gate_up_proj = PackedLinear.stacked([mlp.gate_proj, mlp.up_proj])
+        self.down_proj = mlp.down_proj
+        self.act_fn = mlp.act_fn
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(hidden).chunk(2, dim=-1)
+        return self.down_proj(self.act_fn(gate) * up)
+
+
+def stack_projections(model: torch.nn.Module) -> int:
+    """Replaces every Llama attention and MLP of a CPU model whose projections are plain linear layers that oneDNN
+    can pack by its stacked form; returns how many."""
+    stacked = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is LlamaAttention and _packable(child.q_proj, child.k_proj, child.v_proj):
+                setattr(parent, name, StackedAttention(child))
+            elif type(child) is LlamaMLP and _packable(child.gate_proj, child.up_proj):
+                setattr(parent, name, StackedMLP(child))
+            else:
+                continue
+            stacked += 1
+    return stacked
+
+
+def _packable(*layers: torch.nn.Module) -> bool:
+    return all(
+        type(layer) is torch.nn.Linear and layer.weight.device.type == "cpu" and can_pack(layer.weight.dtype)
+        for layer in layers
+    )
