@@ -71,6 +71,7 @@ class StreamResult:
     ttft: float
     gaps: list[float] = field(default_factory=list)
     chunks: int = 0
+    tokens: int = 0  # from the final usage event when the server sends one; else the chunks
     text: str = ""
 
 
@@ -83,6 +84,7 @@ async def stream_once(client: httpx.AsyncClient, target: Target, prompt: str, ma
         "temperature": 1.0,
         "min_p": 0.05,
         "ignore_eos": True,
+        "stream_options": {"include_usage": True},
         **target.extra,
     }
     started = time.perf_counter()
@@ -93,6 +95,8 @@ async def stream_once(client: httpx.AsyncClient, target: Target, prompt: str, ma
             if not line.startswith("data:") or line.strip() == "data: [DONE]":
                 continue
             event = json.loads(line[5:])
+            if event.get("usage") and result is not None:
+                result.tokens = event["usage"]["completion_tokens"]
             text = event["choices"][0]["text"] if event.get("choices") else ""
             if not text:
                 continue
@@ -122,7 +126,7 @@ async def concurrency_level(
     results = await asyncio.gather(*(stream_once(client, target, p, shape.max_tokens) for p in prompts))
     wall = time.perf_counter() - started
     gaps = [gap for r in results for gap in r.gaps]
-    chunks = sum(r.chunks for r in results)
+    chunks = sum(r.tokens or r.chunks for r in results)
     return {
         "streams": streams,
         "wall_s": round(wall, 3),

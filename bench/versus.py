@@ -5,7 +5,8 @@ scenario; a table of both and the ratio, and JSON.
     .venv/bin/python -m bench.versus --peer-url http://127.0.0.1:8900 --peer-model smol [--peer-label vllm]
                                      [--url http://127.0.0.1:8765] [--concurrency 1 8] [--rounds 2]
 
-Without `--url` our server is started here on the embedded model (its defaults; `--server-arg` adds flags).
+Without `--url` our server is started here on the embedded model, with `--stop-strings []` (ours always stops at
+`::::`, a peer does not: both must generate every token asked for); `--server-arg` adds flags.
 The peer runs in its own environment; for vLLM's CPU build on this 2-core box (bench/RESULTS.md):
 
     VLLM_CPU_NUM_OF_RESERVED_CPU=0 python -m vllm.entrypoints.openai.api_server \\
@@ -14,12 +15,15 @@ The peer runs in its own environment; for vLLM's CPU build on this 2-core box (b
 Both get the model's BOS text at the start of every prompt (our server keeps one BOS; a peer whose tokenizer adds
 none would otherwise see a prompt without it), `ignore_eos`, temperature 1 and min-p 0.05; ours gets DRY off
 (its model-card preset turns DRY on) and the peer gets no `seed` (one crashes vLLM's CPU engine). Each round runs
-every level on both, the order alternating between rounds; the medians over rounds are reported.
+every level on both, the order alternating between rounds; the medians over rounds are reported. The prompts are
+new in every run (`--seed`, random unless given), so that neither server's prefix cache holds them from an
+earlier run.
 """
 
 import argparse
 import asyncio
 import json
+import random
 import statistics
 import sys
 from pathlib import Path
@@ -45,13 +49,13 @@ async def measure(args: argparse.Namespace, targets: dict[str, Target], shape: S
             order = list(targets) if round_index % 2 == 0 else list(reversed(targets))
             for index, streams in enumerate(args.concurrency):
                 # The same prompts for both servers within a round, new ones each round (no cached prefixes).
-                seed = 10_000 * (round_index + 1) + 1000 * index
+                seed = args.seed + 10_000 * (round_index + 1) + 1000 * index
                 for label in order:
                     row = await concurrency_level(client, targets[label], shape, streams, seed)
                     levels[label][streams].append(row)
                     print(f"round {round_index + 1}: {label:>6} {streams} streams {row}", flush=True)
             for label in order:
-                reuse[label].append(await follow_up_and_swipe(client, targets[label], shape, seed=77 + round_index))
+                reuse[label].append(await follow_up_and_swipe(client, targets[label], shape, args.seed + round_index))
     return {
         label: {
             "levels": {n: _medians(rows) for n, rows in levels[label].items()},
@@ -95,6 +99,7 @@ def main() -> None:
     parser.add_argument("--history-tokens", type=int, default=2000)
     parser.add_argument("--new-tokens", type=int, default=50)
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=random.randrange(1 << 30), help="of the prompts' text")
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -103,7 +108,7 @@ def main() -> None:
     shape = Shape(args.history_tokens, args.new_tokens, args.max_tokens, prefix=tokenizer.bos_token or "")
     server = None
     if args.url is None:
-        server = start_server(args.port, args.server_arg)
+        server = start_server(args.port, ["--stop-strings", "[]", *args.server_arg])
         args.url = f"http://127.0.0.1:{args.port}"
     targets = {
         "ours": Target(args.url, args.model, {"dry_multiplier": 0}),
@@ -118,7 +123,8 @@ def main() -> None:
     table = report(result, "ours", args.peer_label, args.concurrency)
     out = args.out or Path(__file__).parent / "results" / f"versus-{args.peer_label}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"command": sys.argv[1:], "results": result, "table": table}, indent=2))
+    record = {"command": sys.argv[1:], "seed": args.seed, "results": result, "table": table}
+    out.write_text(json.dumps(record, indent=2))
     print(f"wrote {out}")
 
 

@@ -25,10 +25,14 @@ def macros(text: str, values: dict) -> str:
 
 
 def render_story_string(template: str, values: dict) -> str:
-    """Handlebars `{{#if}}` blocks (innermost first) over the values, then the macros; leading newlines go, and
-    in instruct mode without `wrap` no newline is added at the end."""
+    """Handlebars first: `{{#if}}` blocks (innermost first) and the values' own fields; then the macros left
+    (`{{trim}}` among them, so it also eats a value's trailing newlines); leading newlines go, and in instruct mode
+    without `wrap` no newline is added at the end."""
     while _IF_BLOCK.search(template):
         template = _IF_BLOCK.sub(lambda m: m.group(2) if values.get(m.group(1)) else "", template)
+    template = re.sub(
+        r"\{\{(\w+)\}\}", lambda m: str(values[m.group(1)]) if m.group(1) in values else m.group(0), template
+    )
     return re.sub(r"^\n+", "", macros(template, values))
 
 
@@ -46,6 +50,7 @@ class Card:
     description: str = ""
     personality: str = ""
     scenario: str = ""
+    mes_example: str = ""  # blocks each opened by `<START>`, lines `{{user}}: ...` / `{{char}}: ...`
 
 
 @dataclass
@@ -61,6 +66,8 @@ class Chat:
     anchor_before: str = ""
     anchor_after: str = ""
     scenario_override: str = ""
+    system_prompt: str = ""  # SillyTavern's System Prompt when it is on (its default "Neutral - Chat" is)
+    examples_behavior: str = "normal"  # User Settings, "Example Messages Behavior": "normal" or "strip" (never)
 
 
 def lighthouse_group() -> Chat:
@@ -82,22 +89,38 @@ def lighthouse_group() -> Chat:
 GROUP_JOIN_PREFIX = "{{newline}}## {{char}}{{newline}}"
 
 
-def story_values(chat: Chat, speaker: str, join_prefix: str = "") -> dict:
-    """The story string's parameters. One card: its fields. Several (a group in "Join character cards" mode):
-    each field joined over the members, each part behind `join_prefix` (macros filled per member; SillyTavern
-    trims the prefix before it fills them) and joined by newlines."""
+def example_blocks(examples: str, separator: str) -> list[str]:
+    """SillyTavern's parsing of example dialogues in instruct mode: the text split at each `<START>` (one is
+    assumed before the first block), each block trimmed, headed by the context template's separator (or
+    `<START>` when it has none) and ended by a newline."""
+    if not examples or examples == "<START>":
+        return []
+    if not examples.startswith("<START>"):
+        examples = "<START>\n" + examples.strip()
+    heading = f"{macros(separator, {})}\n" if separator else "<START>\n"
+    return [f"{heading}{block.strip()}\n" for block in re.split("<START>", examples, flags=re.I)[1:]]
+
+
+def story_values(chat: Chat, speaker: str, join_prefix: str = "", separator: str = "") -> dict:
+    """The story string's parameters. One card: its fields, `{{user}}` and `{{char}}` filled. Several (a group in
+    "Join character cards" mode): each field joined over the members, each part behind `join_prefix` (macros
+    filled per member; SillyTavern trims the prefix before it fills them) and joined by newlines; example
+    dialogues too, before they are split into blocks (so a member's heading ends the block before it)."""
     if len(chat.cards) == 1:
         card = chat.cards[0]
         description, personality, scenario = card.description, card.personality, card.scenario
+        examples = macros(card.mes_example.strip(), {"char": card.name, "user": chat.user})
     else:
 
         def joined(values: list[tuple[str, str]]) -> str:
             prefix = join_prefix.strip()
-            return "\n".join(macros(prefix, {"char": n, "user": chat.user}) + v.strip() for n, v in values if v)
+            return "\n".join(macros(prefix + v.strip(), {"char": n, "user": chat.user}) for n, v in values if v.strip())
 
         description = joined([(c.name, c.description) for c in chat.cards])
         personality = joined([(c.name, c.personality) for c in chat.cards])
         scenario = chat.scenario_override or joined([(c.name, c.scenario) for c in chat.cards])
+        examples = joined([(c.name, c.mes_example) for c in chat.cards])
+    blocks = example_blocks(examples, separator)
     return {
         "char": speaker,
         "user": chat.user,
@@ -105,7 +128,8 @@ def story_values(chat: Chat, speaker: str, join_prefix: str = "") -> dict:
         "personality": personality,
         "scenario": scenario,
         "persona": chat.persona,
-        "system": "",
+        "system": chat.system_prompt,
+        "mesExamplesRaw": "".join(blocks),
         "wiBefore": "\n".join(chat.world_info_before),
         "wiAfter": "\n".join(chat.world_info_after),
         "loreBefore": "\n".join(chat.world_info_before),
@@ -115,12 +139,31 @@ def story_values(chat: Chat, speaker: str, join_prefix: str = "") -> dict:
     }
 
 
+def story_string_warnings(template: str, values: dict) -> list[str]:
+    """The fields SillyTavern's "Story String Validation" toast names: ones with content the story string never
+    shows (and so drops)."""
+    checked = {"description": None, "personality": None, "persona": None, "scenario": None}
+    checked |= {"wiBefore": "loreBefore", "wiAfter": "loreAfter"}
+    return [
+        field
+        for field, legacy in checked.items()
+        if values.get(field) and f"{{{{{field}}}}}" not in template and not (legacy and f"{{{{{legacy}}}}}" in template)
+    ]
+
+
 def instruct_prompt(context: dict, instruct: dict, chat: Chat, speaker: str, join_prefix: str = "") -> str:
-    """Instruct-mode assembly: the story string within its prefix and suffix, then each message in its
+    """Instruct-mode assembly: the story string within its prefix and suffix; the example dialogues unless the
+    user chose to never include them (with the instruct template's `skip_examples`, as the raw blocks: the
+    other way, labelling each line with the current speakers, is not modelled); then each message in its
     sequence with `{{name}}` filled (names_behavior "none": no `Name:` in the text), then the output sequence of
     the character who speaks next."""
-    story = render_story_string(context["story_string"], story_values(chat, speaker, join_prefix))
+    values = story_values(chat, speaker, join_prefix, context["example_separator"])
+    story = render_story_string(context["story_string"], values)
     text = instruct.get("story_string_prefix", "") + story + instruct.get("story_string_suffix", "")
+    if chat.examples_behavior != "strip" and values["mesExamplesRaw"]:
+        if not instruct["skip_examples"]:
+            raise ValueError("only templates with skip_examples are modelled")
+        text += values["mesExamplesRaw"]
     for message in chat.messages:
         if message.is_system:
             sequence, suffix = instruct["system_sequence"], instruct["system_suffix"]

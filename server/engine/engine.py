@@ -236,7 +236,7 @@ class Engine:
                 case _Abort(sample_id):
                     for state in self._scheduler.everyone():
                         if state.sample_id == sample_id:
-                            self._end(state, Ending(state.stops.flush(), "stop"))
+                            self._end(state, Ending(state.stops.flush(), "stop", cancelled=True))
                 case _CancelAll(reason):
                     for state in self._scheduler.everyone():
                         error = GenerationError(reason, retryable=True, code="shutting_down")

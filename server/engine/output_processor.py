@@ -32,6 +32,7 @@ class Ending:
     reason: FinishReason
     stop_string: str | None = None
     by_token: bool = False  # the last token (EOS, or the one completing a stop) is not part of the text
+    cancelled: bool = False  # an abort ended it
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,8 @@ class OutputProcessor:
         if ending.by_token and state.pending_logprobs:
             state.pending_logprobs.pop()  # the EOS or stop token is not part of the returned text
         text = state.guard.flush(ending.text) if state.guard else ending.text
-        self._outbox.put(state.sample_id, state.output(text, ending.reason, error, ending.stop_string))
+        output = state.output(text, ending.reason, error, ending.stop_string, cancelled=ending.cancelled)
+        self._outbox.put(state.sample_id, output)
         if self._log_content:
             self._log_text(state, ending.reason)
 

@@ -58,6 +58,7 @@ class GenerationOutput:
     error: GenerationError | None = None
     logprobs: tuple[TokenLogprob, ...] = ()
     stop_string: str | None = None  # the stop string that ended generation, if one did
+    cancelled: bool = False  # ended by an abort (finish reason "stop" to the client; "cancelled" in the log)
     shifted_tokens: int = 0  # prompt tokens whose cache was moved from elsewhere (cache reuse); on the last output
 
     def with_text(self, text: str) -> "GenerationOutput":

@@ -45,6 +45,8 @@ class RequestState:
         finish_reason: FinishReason | None = None,
         error: GenerationError | None = None,
         stop_string: str | None = None,
+        *,
+        cancelled: bool = False,
     ) -> GenerationOutput:
         logprobs, self.pending_logprobs = tuple(self.pending_logprobs), []
         return GenerationOutput(
@@ -56,4 +58,5 @@ class RequestState:
             logprobs=logprobs,
             stop_string=stop_string,
             shifted_tokens=self.shifted_tokens if finish_reason else 0,
+            cancelled=cancelled,
         )

@@ -68,6 +68,8 @@ class RequestLog:
             usage = state.get("usage")
             if usage is not None:
                 record["prompt_tokens"], record["completion_tokens"] = usage
+            if state.get("finish_reasons"):  # one per sample; "cancelled" when the client stopped it
+                record["finish_reasons"] = state["finish_reasons"]
             if state.get("shifted_tokens"):  # of the prompt, moved in the cache instead of prefilled
                 record["shifted_tokens"] = state["shifted_tokens"]
             if state.get("overridden_fields"):  # by the server's sampling preset (X-Overridden-Fields)

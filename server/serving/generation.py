@@ -114,13 +114,22 @@ class Generation:
         return without_label_space(outputs) if self._trim else outputs
 
     def _record_usage(self) -> None:
-        """Token counts for the request's log line (see server/middleware/request_log.py): the whole answer's, or
-        what each sample had generated when the answer was cut short."""
-        outputs = self.finals if len(self.finals) == len(self.handles) else list(self._latest.values())
+        """Token counts and finish reasons for the request's log line (see server/middleware/request_log.py): the
+        whole answer's, or what each sample had generated when the answer was cut short. A sample the client
+        stopped (it left, or aborted it) is "cancelled" there, whatever the client was told."""
+        complete = len(self.finals) == len(self.handles)
+        outputs = self.finals if complete else list(self._latest.values())
         if outputs:
             usage = Usage.of_samples(outputs)
             self._http.state.usage = (usage.prompt_tokens, usage.completion_tokens)
             self._http.state.shifted_tokens = max(output.shifted_tokens for output in outputs)
+        # Streamed answers keep each sample's latest output; collected ones their finals, in sample order.
+        last = [self._latest.get(index) for index in range(len(self.handles))] if self._latest else self.finals
+        last += [None] * (len(self.handles) - len(last))
+        self._http.state.finish_reasons = [
+            "cancelled" if output is None or output.finish_reason is None or output.cancelled else output.finish_reason
+            for output in last
+        ]
 
 
 def without_label_space(outputs: AsyncIterator[GenerationOutput]) -> AsyncIterator[GenerationOutput]:

@@ -99,6 +99,16 @@ class ServerProcess:
     def output(self) -> str:
         return Path(self.log.name).read_text(errors="replace")
 
+    def log_record(self, request_id: str) -> dict:
+        """The request log's line for `request_id`, once written (after the answer ends)."""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            for line in self.output().splitlines():
+                if "rpserve.requests" in line and f'"{request_id}"' in line:
+                    return json.loads(line[line.index("{") :])
+            time.sleep(0.05)
+        raise AssertionError(f"no log line for {request_id}")
+
     def stop(self) -> int:
         self.process.send_signal(signal.SIGTERM)
         try:

@@ -127,7 +127,8 @@ def test_kobold_abort_ends_that_clients_generation(server):
     result: dict = {}
 
     def generate() -> None:
-        result["response"] = httpx.post(f"{server.url}/v1/completions", json=body, timeout=120)
+        headers = {"X-Request-ID": "req-kobold-abort"}
+        result["response"] = httpx.post(f"{server.url}/v1/completions", json=body, headers=headers, timeout=120)
 
     worker = threading.Thread(target=generate)
     started = time.monotonic()
@@ -142,6 +143,8 @@ def test_kobold_abort_ends_that_clients_generation(server):
     assert answer["choices"][0]["finish_reason"] == "stop"
     assert 0 < answer["usage"]["completion_tokens"] < 3000
     assert time.monotonic() - started < 30
+    # The client is told "stop" (OpenAI has no other word for it); the log tells the user stopped it.
+    assert server.log_record("req-kobold-abort")["finish_reasons"] == ["cancelled"]
 
 
 def test_llamacpp_native_completion(client):

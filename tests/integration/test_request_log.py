@@ -11,26 +11,17 @@ from tests.integration.server_process import ServerProcess
 SECRET = "The password is swordfish-7731"
 
 
-def log_record(server, request_id: str) -> dict:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        for line in server.output().splitlines():
-            if "rpserve.requests" in line and f'"{request_id}"' in line:
-                return json.loads(line[line.index("{") :])
-        time.sleep(0.05)
-    raise AssertionError(f"no log line for {request_id}")
-
-
 def test_request_id_is_honoured_and_logged_without_content(client, server):
     body = {"prompt": SECRET, "max_tokens": 5, "seed": 1}
     response = client.post("/v1/completions", json=body, headers={"X-Request-ID": "req-plain-1"})
     assert response.headers["x-request-id"] == "req-plain-1"
-    record = log_record(server, "req-plain-1")
+    record = server.log_record("req-plain-1")
     assert record["status"] == 200 and record["path"] == "/v1/completions"
     assert (record["prompt_tokens"], record["completion_tokens"]) == (
         response.json()["usage"]["prompt_tokens"],
         5,
     )
+    assert record["finish_reasons"] == ["length"]
     assert SECRET not in server.output()
 
 
@@ -43,8 +34,8 @@ def test_streamed_requests_are_logged_when_the_stream_ends(client, server):
     ) as response:
         assert response.headers["x-request-id"] == "req-stream-1"
         list(response.iter_lines())
-    record = log_record(server, "req-stream-1")
-    assert record["completion_tokens"] == 4 and record["status"] == 200
+    record = server.log_record("req-stream-1")
+    assert record["completion_tokens"] == 4 and record["status"] == 200 and record["finish_reasons"] == ["length"]
     assert 0 < record["first_byte_ms"] <= record["duration_ms"]
 
 
@@ -54,7 +45,7 @@ def test_an_id_is_made_when_none_or_a_bad_one_is_sent(client, server):
     odd = client.get("/v1/models", headers={"X-Request-ID": "bad id\twith spaces"}).headers["x-request-id"]
     assert odd != "bad id\twith spaces"
     refused = client.post("/v1/completions", json={"temperature": -1}, headers={"X-Request-ID": "req-bad-1"})
-    assert log_record(server, "req-bad-1")["status"] == refused.status_code == 400
+    assert server.log_record("req-bad-1")["status"] == refused.status_code == 400
 
 
 def test_a_client_that_leaves_mid_stream_is_still_logged(client, server):
@@ -65,7 +56,8 @@ def test_a_client_that_leaves_mid_stream_is_still_logged(client, server):
         headers={"X-Request-ID": "req-left-1"},
     ) as response:
         next(response.iter_lines())
-    assert log_record(server, "req-left-1")["status"] == 200
+    record = server.log_record("req-left-1")
+    assert record["status"] == 200 and record["finish_reasons"] == ["cancelled"]
 
 
 def test_log_content_logs_prompt_and_output_under_the_request_id():

@@ -23,6 +23,8 @@ from tests.sillytavern import (
     instruct_prompt,
     lighthouse_group,
     preset,
+    story_string_warnings,
+    story_values,
 )
 
 CARD = SamplingParams()  # the server's defaults are the model card's
@@ -197,3 +199,89 @@ def test_sillytavern_and_our_chat_route_build_the_same_prompt():
         Setting(characters=(Character("Nanashi", "Anon's long-time friend."),), scenario="A chat."),
     )
     assert assembled == ours.text + " "  # SillyTavern ends at the label's space; the label-space trim handles it
+
+
+# SillyTavern's default System Prompt ("Neutral - Chat"), on unless the user turns it off.
+NEUTRAL_CHAT = "Write {{char}}'s next reply in a fictional chat between {{char}} and {{user}}."
+EXAMPLES = {
+    "Nanashi": '<START>\n{{user}}: "Hi."\n{{char}}: Nanashi nodded. "Hey."\n'
+    '<START>\n{{char}}: "Coffee?" {{char}} asked.',
+    "Greta": '<START>\n{{char}}: Greta tapped the barometer. "Falling."',
+    "Tomas": '<START>\n{{user}}: "Any fish?"\n{{char}}: "None," Tomas said.',
+}
+
+
+@pytest.mark.parametrize("template", ["Herrsimian-context", "Herrsimian-group-context"])
+def test_sillytavern_system_prompt_never_reaches_the_prompt(template):
+    """The model is not an instruction model: the shipped templates leave SillyTavern's System Prompt out."""
+    chat = dataclasses.replace(REALISTIC, system_prompt=NEUTRAL_CHAT)
+    prompt = instruct_prompt(preset(template), preset("Herrsimian-instruct"), chat, "Nanashi")
+    assert "Write" not in prompt and "fictional chat" not in prompt
+    assert prompt == instruct_prompt(preset(template), preset("Herrsimian-instruct"), REALISTIC, "Nanashi")
+
+
+def test_example_dialogue_sits_in_the_opening_turn_under_each_speaker():
+    """With "Example Messages Behavior: Never include examples", the examples are in the opening turn only, each
+    line under its own speaker's name, and the chat's turns are the chat's."""
+    card = dataclasses.replace(REALISTIC.cards[0], mes_example=EXAMPLES["Nanashi"])
+    chat = dataclasses.replace(REALISTIC, cards=[card], examples_behavior="strip")
+    prompt = instruct_prompt(preset("Herrsimian-context"), preset("Herrsimian-instruct"), chat, "Nanashi")
+    assert format_problems(prompt) == []
+    opening, *turns = prompt.split("\n\n::::")
+    assert opening.endswith(
+        "[Nanashi is tired today.]\n\n"
+        "# Example dialogue\n"
+        '***\nAnon: "Hi."\nNanashi: Nanashi nodded. "Hey."\n'
+        '***\nNanashi: "Coffee?" Nanashi asked.'
+    )
+    assert turns == [
+        'assistant:Nanashi: "Oh. You came," Nanashi said.',
+        'user:Anon: "Hello," said Anon, "How are you?"',
+        "assistant:Nanashi: ",
+    ]
+
+
+def test_examples_left_in_the_chat_never_become_turns():
+    """The default behaviour also sends the examples after the opening text: raw (the instruct template skips
+    formatting them), so no example line is labelled as the character about to speak."""
+    card = dataclasses.replace(REALISTIC.cards[0], mes_example=EXAMPLES["Nanashi"])
+    chat = dataclasses.replace(REALISTIC, cards=[card])
+    prompt = instruct_prompt(preset("Herrsimian-context"), preset("Herrsimian-instruct"), chat, "Nanashi")
+    assert [turn.split(": ")[0] for turn in prompt.split("\n\n::::")[1:]] == [
+        "assistant:Nanashi",
+        "user:Anon",
+        "assistant:Nanashi",
+    ]
+
+
+def test_a_group_keeps_each_members_personality_and_examples():
+    group = lighthouse_group()
+    cards = [
+        dataclasses.replace(group.cards[0], personality="Gruff but kind.", mes_example=EXAMPLES["Greta"]),
+        dataclasses.replace(group.cards[1], personality="Cheerful.", mes_example=EXAMPLES["Tomas"]),
+    ]
+    chat = dataclasses.replace(group, cards=cards, examples_behavior="strip", system_prompt=NEUTRAL_CHAT)
+    context, instruct = preset("Herrsimian-group-context"), preset("Herrsimian-instruct")
+    values = story_values(chat, "Tomas", GROUP_JOIN_PREFIX, context["example_separator"])
+    assert story_string_warnings(context["story_string"], values) == []  # no "Story String Validation" toast
+    prompt = instruct_prompt(context, instruct, chat, "Tomas", join_prefix=GROUP_JOIN_PREFIX)
+    assert format_problems(prompt) == []
+    opening = prompt.split("\n\n::::")[0]
+    assert opening == (
+        "::::user: Let's engage together in a roleplay.\n\n# Characters\n\n"
+        "## Greta\nA retired lighthouse keeper.\n\n## Tomas\nHer nephew, a fisherman.\n\n"
+        "## Anon\nA traveller caught in the storm.\n\n"
+        "# Personalities\n\n## Greta\nGruff but kind.\n\n## Tomas\nCheerful.\n\n"
+        "# Scenario\nA stormy night at the lighthouse.\n\n"
+        "# Example dialogue\n"
+        "***\n## Greta\n"
+        '***\nGreta: Greta tapped the barometer. "Falling."\n\n## Tomas\n'
+        '***\nAnon: "Any fish?"\nTomas: "None," Tomas said.'
+    )
+
+
+def test_the_old_group_template_dropped_personalities():
+    old = preset("Herrsimian-group-context")["story_string"].replace("{{personality}}", "")
+    group = lighthouse_group()
+    chat = dataclasses.replace(group, cards=[dataclasses.replace(card, personality="x") for card in group.cards])
+    assert story_string_warnings(old, story_values(chat, "Greta", GROUP_JOIN_PREFIX)) == ["personality"]

@@ -34,9 +34,7 @@ class StackedAttention(torch.nn.Module):
         self.num_key_value_groups = attention.num_key_value_groups
         self.scaling = attention.scaling
         self.is_causal = attention.is_causal
-        heads = attention.config.num_attention_heads
-        kv_heads = attention.config.num_key_value_heads
-        self.splits = [heads * self.head_dim, kv_heads * self.head_dim, kv_heads * self.head_dim]
+        self.splits = [attention.q_proj.out_features, attention.k_proj.out_features, attention.v_proj.out_features]
         self.qkv_proj = PackedLinear.stacked([attention.q_proj, attention.k_proj, attention.v_proj])
         self.o_proj = attention.o_proj
 
