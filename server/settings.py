@@ -103,6 +103,14 @@ class Settings(BaseSettings):
         "(checked against eager at start-up; on any failure the server warns and runs eager), `eager` runs every "
         "operation each step, `auto` is captured on CUDA and eager on CPU (where there are no graphs to replay).",
     )
+    quantization: Literal["none", "int8"] = Field(
+        "none",
+        description="Weights of the decoder's linear layers, quantized after the adapter is merged: `int8` keeps "
+        "one byte per weight with a scale per output channel (activations, embeddings and the LM head stay in "
+        "`--dtype`); checked at start-up against the unquantized model on a probe text (its KL divergence is "
+        "logged and in `/health`), a broken result stops the start. `none`: as loaded. Measure the loss on your "
+        "weights with `python -m bench.fidelity`.",
+    )
     cpu_weights: Literal["packed", "plain"] = Field(
         "packed",
         description="On the CPU: `packed` stacks each Llama layer's query/key/value and gate/up projections into "

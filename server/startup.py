@@ -23,6 +23,7 @@ def model_spec(settings: Settings) -> ModelSpec:
         dtype=settings.dtype,
         served_name=settings.served_model_name,
         cache_dir=settings.cache_dir,
+        quantization=settings.quantization,
     )
 
 

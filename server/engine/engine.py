@@ -106,6 +106,10 @@ class Engine:
         if captured:
             self._check_captured_decode(loaded)
         self.stats.decode_mode = self._runner.decode_mode
+        if loaded.quantization is not None:
+            self.stats.quantization = loaded.quantization.method
+            self.stats.quantization_kl = round(loaded.quantization.mean_kl, 6)
+            self.stats.quantization_top1 = round(loaded.quantization.top1_agreement, 4)
         self._scheduler = Scheduler(
             max_running=options.max_running,
             prefill_chunk=options.prefill_chunk,

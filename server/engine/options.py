@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+QUANTIZATIONS = ("none", "int8")
 # The model served when none is configured (model/default_model.py) and the name it is served under.
 EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
 
@@ -30,12 +31,17 @@ class ModelSpec:
     dtype: str = "auto"
     served_name: str | None = None
     cache_dir: Path = field(default_factory=default_cache_dir)
+    quantization: str = "none"  # one of QUANTIZATIONS: the decoder's linear layers, after the adapter is merged
 
     def __post_init__(self) -> None:
         """What can be checked without loading is checked here, at once: the device's spelling and the local
         folders. Whether the device exists and the weights load is found where the model loads."""
         if not _DEVICE.fullmatch(self.device):
             raise ModelLoadError(f"unknown device '{self.device}': use auto, cpu, cuda or cuda:N")
+        if self.quantization not in QUANTIZATIONS:
+            raise ModelLoadError(f"unknown quantization '{self.quantization}': use one of {', '.join(QUANTIZATIONS)}")
+        if self.quantization != "none" and self.adapter and not self.merge:
+            raise ModelLoadError(f"--quantization {self.quantization} quantizes the merged model: drop --no-merge")
         if self.model:
             local_or_hub(self.model, "model", "config.json")
         if self.adapter:

@@ -8,6 +8,9 @@ from typing import Protocol
 GAUGES = frozenset(
     {
         "decode_mode",
+        "quantization",
+        "quantization_kl",
+        "quantization_top1",
         "running",
         "waiting",
         "running_caches",
@@ -21,6 +24,9 @@ GAUGES = frozenset(
 @dataclass
 class EngineStats:
     decode_mode: str = "eager"  # "captured" or "eager" (what the self-check left, whatever was asked)
+    quantization: str = "none"  # of the decoder's linear layers (--quantization)
+    quantization_kl: float | None = None  # its load-time check: mean KL (nats) against the unquantized model
+    quantization_top1: float | None = None  # and the share of the probe's positions with the same top token
     running: int = 0
     waiting: int = 0
     running_caches: int = 0  # KV caches held for running requests and prompts being prefilled (not the prefix cache)

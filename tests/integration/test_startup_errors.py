@@ -65,3 +65,13 @@ def test_adapter_for_another_base(foreign_adapter):
 
 def test_invalid_flag_value():
     assert_one_line_error(start("--max-running", "lots"), "max_running", status=2)
+
+
+def test_unknown_quantization():
+    assert_one_line_error(start("--quantization", "int3"), "quantization", status=2)
+
+
+def test_quantizing_an_unmerged_adapter(foreign_adapter):
+    assert_one_line_error(
+        start("--adapter", str(foreign_adapter), "--no-merge", "--quantization", "int8"), "drop --no-merge"
+    )

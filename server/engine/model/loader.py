@@ -9,6 +9,7 @@ from typing import TypeVar, cast
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from server.engine.forward.quantization import QuantizationReport, quantize
 from server.engine.model import default_model
 from server.engine.options import ModelLoadError, ModelSpec, local_or_hub, served_name
 from server.engine.text.vocabulary import Vocabulary
@@ -28,6 +29,7 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     context_length: int
+    quantization: QuantizationReport | None = None
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -80,6 +82,7 @@ def load(spec: ModelSpec) -> LoadedModel:
     # transformers wraps `to` in a decorator whose stub takes the model itself as the first argument.
     model = model.to(device).eval()  # type: ignore[arg-type]
     vocabulary = Vocabulary(tokenizer, model.get_output_embeddings().weight.shape[0], _eos_ids(model, tokenizer))
+    report = quantize(model, vocabulary, spec.quantization) if spec.quantization != "none" else None
     log.info("model ready in %.1f s", time.monotonic() - started)
     return LoadedModel(
         model=model,
@@ -88,6 +91,7 @@ def load(spec: ModelSpec) -> LoadedModel:
         device=device,
         dtype=dtype,
         context_length=model.config.max_position_embeddings,
+        quantization=report,
     )
 
 

@@ -1,0 +1,61 @@
+"""Weight-only int8 linear layers (`--quantization int8`): half the bytes of bfloat16 weights, a quarter of float32.
+
+Each output row of a weight keeps its own scale (symmetric, per channel: the row's largest magnitude maps to
+127), so one outlier costs only its row precision. The product is torch's own weight-only int8 kernel
+(`aten._weight_int8pack_mm`, on the CPU and on CUDA): no host sync and no allocation that depends on data, so a
+captured decode step replays it. Activations enter it in the model's dtype, except float32 ones on the CPU, which
+go in as bfloat16: there torch's float32 variant of the kernel is 10-20x slower than its bfloat16 one (measured
+on a 2-core AVX2 CPU, bench/RESULTS.md); the load-time check (quantization.py) counts that rounding too.
+Applied to the decoder's linear layers after the adapter is merged; the embeddings and the LM head keep the
+model's dtype.
+"""
+
+import torch
+from transformers import PreTrainedModel
+
+QUANTIZED_MAX = 127
+
+
+class Int8Linear(torch.nn.Module):
+    weight: torch.Tensor  # int8 [out, in]
+    scales: torch.Tensor  # [out], in the model's dtype
+
+    def __init__(self, linear: torch.nn.Linear) -> None:
+        super().__init__()
+        self.in_features = linear.in_features
+        self.out_features = linear.out_features
+        weight = linear.weight.detach().float()
+        scales = weight.abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny) / QUANTIZED_MAX
+        self.register_buffer("weight", (weight / scales[:, None]).round().clamp(-127, 127).to(torch.int8))
+        self.register_buffer("scales", scales.to(compute_dtype(linear.weight)))
+        self.bias = linear.bias
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        rows = hidden.reshape(-1, self.in_features).to(self.scales.dtype)
+        output = torch.ops.aten._weight_int8pack_mm(rows, self.weight, self.scales).to(hidden.dtype)
+        if self.bias is not None:
+            output = output + self.bias
+        return output.reshape(*hidden.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 weights per channel"
+
+
+def compute_dtype(weight: torch.Tensor) -> torch.dtype:
+    """The dtype activations enter the int8 product in (see the module's docstring)."""
+    if weight.device.type == "cpu" and weight.dtype == torch.float32:
+        return torch.bfloat16
+    return weight.dtype
+
+
+def quantize_decoder_layers(model: PreTrainedModel) -> int:
+    """Replaces every plain linear layer inside the decoder layers (`model.model.layers`) by an Int8Linear; returns
+    how many."""
+    layers: torch.nn.Module = getattr(model.get_decoder(), "layers")  # noqa: B009  (typed as a Tensor by torch)
+    count = 0
+    for parent in list(layers.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is torch.nn.Linear:
+                setattr(parent, name, Int8Linear(child))
+                count += 1
+    return count

@@ -1,0 +1,67 @@
+"""A server with `--quantization int8`: it reports its load-time check, and streams, stops, reuses prefixes,
+samples n > 1, backs off banned strings and reproduces seeded output as the unquantized one does."""
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.integration.server_process import ServerProcess
+from tests.integration.sse import stream, streamed_text
+
+PROMPT = '\n\n::::user:Anon: "Where does the stair lead?"\n\n::::assistant:Greta:'
+
+
+@pytest.fixture(scope="module")
+def int8_server() -> Iterator[ServerProcess]:
+    server = ServerProcess("--quantization", "int8").wait_ready()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def client(int8_server: ServerProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=int8_server.url, timeout=120) as http:
+        yield http
+
+
+def test_health_and_the_log_report_the_check(client, int8_server):
+    health = client.get("/health").json()
+    assert health["quantization"] == "int8"
+    assert 0 <= health["quantization_kl"] < 0.05 and health["quantization_top1"] >= 0.9
+    assert "quantization int8: 210 linear layers; on the probe, mean KL" in int8_server.output()
+
+
+def test_seeded_output_repeats_and_streams_the_same(client):
+    body = {"prompt": PROMPT, "max_tokens": 12, "seed": 7}
+    first = client.post("/v1/completions", json=body).json()["choices"][0]["text"]
+    again = client.post("/v1/completions", json=body).json()["choices"][0]["text"]
+    assert first == again and first
+    assert streamed_text(stream(client, "/v1/completions", body)) == first
+
+
+def test_stop_strings_and_n(client):
+    greedy = {"prompt": PROMPT, "max_tokens": 16, "temperature": 0}
+    text = client.post("/v1/completions", json=greedy).json()["choices"][0]["text"]
+    word = text.split()[1]
+    stopped = client.post("/v1/completions", json={**greedy, "stop": [word]}).json()["choices"][0]
+    assert stopped["text"] == text[: text.index(word)] and stopped["finish_reason"] == "stop"
+    samples = client.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 6, "n": 2, "seed": 3}).json()
+    assert [choice["index"] for choice in samples["choices"]] == [0, 1]
+
+
+def test_a_follow_up_reuses_the_prefix(client):
+    before = client.get("/health").json()["reused_tokens"]
+    body = {"prompt": PROMPT * 4, "max_tokens": 4, "seed": 1}
+    answer = client.post("/v1/completions", json=body).json()
+    follow_up = {**body, "prompt": body["prompt"] + answer["choices"][0]["text"] + PROMPT}
+    client.post("/v1/completions", json=follow_up)
+    assert client.get("/health").json()["reused_tokens"] - before >= answer["usage"]["prompt_tokens"] - 1
+
+
+def test_banned_strings_back_off(client):
+    greedy = {"prompt": PROMPT, "max_tokens": 20, "temperature": 0}
+    plain = client.post("/v1/completions", json=greedy).json()["choices"][0]["text"]
+    banned = plain.split()[2]
+    guarded = client.post("/v1/completions", json={**greedy, "banned_strings": [banned]}).json()["choices"][0]
+    assert banned not in guarded["text"] and guarded["text"].startswith(plain[: plain.index(banned) - 1])
