@@ -1,9 +1,10 @@
 """The engine's forward on this machine, in one process, interleaved: a decode step of the engine (the bucketed
 cache, its layout and cache writes) against the bare model forward on transformers' own cache, for each way of
-running the linear layers and each intra-op thread count; and the prefill of one prompt.
+running the linear layers (`plain`: as loaded; `packed`: the server's default on the CPU; `int8`: packed and
+`--quantization int8`) and each intra-op thread count; and the prefill of one prompt.
 
-    .venv/bin/python -m bench.forward [--streams 1 8] [--threads 1 2] [--steps 20] [--history-tokens 2000]
-                                      [--dtype auto] [--out bench/results/forward.json]
+    .venv/bin/python -m bench.forward [--streams 1 8] [--threads 1 2] [--weights plain packed int8] [--steps 20]
+                                      [--history-tokens 2000] [--dtype auto] [--out bench/results/forward.json]
 
 Every stream decodes the same prompt (so the bare forward needs no padding: both read the same positions). Each
 round runs one step of every (weights, threads, engine|bare) case in turn, so that the machine's noise falls on
@@ -23,11 +24,13 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from bench.serve import new_turn, roleplay_history
+from server.engine.forward.int8_linear import quantize_decoder_layers
 from server.engine.forward.runner import ModelRunner
 from server.engine.model.loader import load
 from server.engine.options import ModelSpec
 
-WEIGHTS = {"plain": False, "packed": True}
+# How the linear layers run: (packed for oneDNN, decoder layers int8).
+WEIGHTS = {"plain": (False, False), "packed": (True, False), "int8": (True, True)}
 
 
 class Case:
@@ -71,8 +74,11 @@ def timed(step: Callable[[], None], threads: int) -> float:
 @torch.inference_mode()
 def measure(args: argparse.Namespace, model: PreTrainedModel, prompt: list[int], streams: int) -> list[dict]:
     cases = {}
-    for label, packed in WEIGHTS.items():
+    for label in args.weights:
+        packed, int8 = WEIGHTS[label]
         variant = copy.deepcopy(model)
+        if int8:
+            quantize_decoder_layers(variant)
         cases[label] = Case(variant, packed, prompt, streams)
     times: dict[tuple[str, int, str], list[float]] = {}
     for _ in range(args.steps):
@@ -103,6 +109,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--threads", type=int, nargs="+", default=[torch.get_num_threads()])
+    parser.add_argument("--weights", nargs="+", choices=list(WEIGHTS), default=list(WEIGHTS))
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--history-tokens", type=int, default=2000)
     parser.add_argument("--dtype", default="auto", help="as the server's --dtype (the same default)")

@@ -8,7 +8,8 @@ in the same run.
 Measures: copy bandwidth; single-stream decode tokens/s at 2k and 8k context; aggregate decode tokens/s at 8 and
 32 streams (2k context each) with the default decode mode (captured on CUDA, after its self-check); prefill
 tokens/s at 8k; the same decode figures with `generate()`; the engine with `--decode-mode eager` at 1 and 32
-streams; a random LoRA adapter merged against unmerged; the captured step's self-check (captured against eager
+streams; a random LoRA adapter merged against unmerged; the merged model with `--quantization int8` (weight
+bytes, self-check, decode at 1 and 32 streams); the captured step's self-check (captured against eager
 logits); and bench/roofline.py's scenarios run for real on both decode paths (the decode step's measured time
 against the roofline's H100 prediction, with its launches counted on the card). The ceiling of a decode step is
 (weight bytes + KV bytes it reads) over the copy bandwidth. Every stream of ours runs through the engine with the
@@ -31,6 +32,7 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from bench.roofline import LLAMA_3_1_8B, PATHS, SCENARIOS, count_step, predicted_row, time_step
 from sampling import SamplingParams
 from server.engine.engine import Engine
+from server.engine.forward.int8_linear import compute_dtype, quantize_decoder_layers
 from server.engine.forward.runner import ModelRunner
 from server.engine.forward.self_check import captured_decode_problem
 from server.engine.kv.budget import kv_bytes_per_token
@@ -179,7 +181,9 @@ def ceiling(weight_bytes: int, kv_per_token: int, streams: int, context: int, ba
 
 def new_engine(loaded: LoadedModel, max_running: int, decode_mode: str = "auto") -> Engine:
     # No prefix cache: every measurement is cold.
-    engine = Engine(loaded, EngineOptions(max_running=max_running, prefix_cache_mb=0, decode_mode=decode_mode))
+    # Weights as built (no CPU packing, a no-op on CUDA): the same model object serves several engines and the LoRA.
+    options = EngineOptions(max_running=max_running, prefix_cache_mb=0, decode_mode=decode_mode, packed_weights=False)
+    engine = Engine(loaded, options)
     engine.start()
     return engine
 
@@ -201,10 +205,31 @@ def eager_rates(loaded: LoadedModel) -> dict:
 def self_check(loaded: LoadedModel) -> dict:
     """The start-up self-check on its own: None when captured decode gives eager's greedy tokens and logits within
     the dtype's tolerance; else what differed."""
-    runner = ModelRunner(loaded.model, loaded.device, prefix_budget_tokens=0, captured=True)
+    runner = ModelRunner(loaded.model, loaded.device, prefix_budget_tokens=0, captured=True, packed_weights=False)
     started = time.perf_counter()
     problem = captured_decode_problem(runner, loaded.model.config.vocab_size, loaded.dtype, loaded.context_length)
     return {"problem": problem, "seconds": round(time.perf_counter() - started, 2)}
+
+
+def quantized_rates(loaded: LoadedModel, tokens: int) -> dict:
+    """`--quantization int8` on the same (merged) weights: weight bytes, the captured step's self-check, and
+    decode tokens/s at 1 and 32 streams (2k context)."""
+    layers = quantize_decoder_layers(loaded.model)
+    tensors = [*loaded.model.parameters(), *loaded.model.buffers()]
+    weight_bytes = sum(t.numel() * t.element_size() for t in tensors)
+    check = self_check(LoadedModel(**{**loaded.__dict__, "dtype": compute_dtype(loaded.dtype, loaded.device)}))
+    engine = new_engine(loaded, max_running=32)
+    try:
+        ours(engine, 1, 256, 8, seed=0)
+        rates = {
+            f"{streams}_streams": round(
+                ours(engine, streams, 2048, tokens, seed=streams * 11)["decode_tokens_per_s"], 1
+            )
+            for streams in (1, 32)
+        }
+    finally:
+        engine.shutdown()
+    return {"layers": layers, "weight_gb": round(weight_bytes / 1e9, 2), "self_check": check, "decode_2k": rates}
 
 
 def add_random_lora(model: LlamaForCausalLM, rank: int = 16):
@@ -311,6 +336,7 @@ def main() -> None:
             lora[label] = ours(lora_engine, 1, 2048, args.tokens, seed=5)["decode_tokens_per_s"]
         finally:
             lora_engine.shutdown()
+    int8 = quantized_rates(LoadedModel(**{**loaded.__dict__, "model": model}), args.tokens)
 
     result = {
         "device": card,
@@ -323,6 +349,7 @@ def main() -> None:
         "prefill_tokens_per_s_8k": round(prefill, 1),
         "aggregate_32_over_single_2k": round(rows[3]["ours"] / single[2048], 2),
         "lora_decode_tokens_per_s": {k: round(v, 1) for k, v in lora.items()},
+        "int8": int8,
         "decode_mode": decode_mode,
         "self_check": check,
         "eager_decode_tokens_per_s_2k": eager,
@@ -342,7 +369,8 @@ def main() -> None:
         )
     print(
         f"prefill at 8k: {result['prefill_tokens_per_s_8k']} tokens/s; 32 streams / 1 stream at 2k: "
-        f"{result['aggregate_32_over_single_2k']}x; LoRA decode (1 stream, 2k): {result['lora_decode_tokens_per_s']}"
+        f"{result['aggregate_32_over_single_2k']}x; LoRA decode (1 stream, 2k): {result['lora_decode_tokens_per_s']}; "
+        f"int8: {int8}"
         f"; {result['seconds']} s in all"
     )
     out = args.out or RESULTS / f"gpu-{card.replace(' ', '-').lower()}-{args.size}.json"

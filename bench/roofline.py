@@ -179,7 +179,8 @@ def runner_with_rows(
     """A model runner on the model's device whose batch holds rows of `lengths`, and the decode step that advances
     them all. The rows join the batch cache as a finished prefill would, without running their prompts."""
     device = next(model.parameters()).device
-    runner = ModelRunner(model, device, prefix_budget_tokens=0, captured=captured)
+    # As on a GPU, where nothing is packed or stacked: the launches counted here are a GPU step's.
+    runner = ModelRunner(model, device, prefix_budget_tokens=0, captured=captured, packed_weights=False)
     torch.manual_seed(0)
     for index, length in enumerate(lengths):
         runner._batch.join(f"row{index}", random_cache(model.config, length, device, model.dtype))

@@ -20,6 +20,7 @@ import torch
 
 from sampling import SamplingParams
 from sampling.sampler import Sampler
+from server.engine.forward.int8_linear import compute_dtype
 from server.engine.forward.runner import ModelRunner
 from server.engine.forward.self_check import CHECK_STEPS, captured_decode_problem
 from server.engine.handle import GenerationHandle, Outbox, OutputSink
@@ -194,9 +195,11 @@ class Engine:
         """Serves captured only if a few captured steps give what eager ones give; any failure: eager, warned."""
         log.info("decode: capturing the decode step and checking it against eager (%d steps)", CHECK_STEPS)
         config = loaded.model.config
+        # Compared at the tolerance of the least precise dtype the forward computes in.
+        precision = loaded.dtype if loaded.quantization is None else compute_dtype(loaded.dtype, loaded.device)
         try:
             with torch.inference_mode():
-                problem = captured_decode_problem(self._runner, config.vocab_size, loaded.dtype, self.context_length)
+                problem = captured_decode_problem(self._runner, config.vocab_size, precision, self.context_length)
         except Exception as error:
             problem = f"{type(error).__name__}: {error}"
         if problem is None:

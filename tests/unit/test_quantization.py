@@ -9,8 +9,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import DynamicCache
 
 from server.engine.forward.decode_step import DecodeStep
-from server.engine.forward.int8_linear import Int8Linear, quantize_decoder_layers
+from server.engine.forward.int8_linear import Int8Linear, compute_dtype, quantize_decoder_layers
 from server.engine.forward.quantization import QuantizationReport, _problem, agreement
+from server.engine.forward.runner import ModelRunner
+from server.engine.forward.self_check import captured_decode_problem
 from server.engine.kv.bucket_cache import BucketCache
 from tests.toy import tiny_llama
 
@@ -98,3 +100,14 @@ def test_the_padded_decode_step_stays_capturable(dtype, quantization):
     with NoHostSync():
         logits = step(batch, batch.inputs)
     assert logits.shape == (2, 64) and bool(torch.isfinite(logits).all())
+
+
+@torch.inference_mode()
+def test_the_captured_decode_self_check_passes_on_int8():
+    """At the tolerance of the dtype the int8 product computes in (bfloat16 for a float32 model on the CPU)."""
+    model = tiny_llama()
+    quantize_decoder_layers(model)
+    runner = ModelRunner(model, torch.device("cpu"), prefix_budget_tokens=0, captured=True)
+    precision = compute_dtype(torch.float32, torch.device("cpu"))
+    assert precision == torch.bfloat16
+    assert captured_decode_problem(runner, model.config.vocab_size, precision, context=256) is None

@@ -27,7 +27,7 @@ class Int8Linear(torch.nn.Module):
         weight = linear.weight.detach().float()
         scales = weight.abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny) / QUANTIZED_MAX
         self.register_buffer("weight", (weight / scales[:, None]).round().clamp(-127, 127).to(torch.int8))
-        self.register_buffer("scales", scales.to(compute_dtype(linear.weight)))
+        self.register_buffer("scales", scales.to(compute_dtype(linear.weight.dtype, linear.weight.device)))
         self.bias = linear.bias
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -41,11 +41,11 @@ class Int8Linear(torch.nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 weights per channel"
 
 
-def compute_dtype(weight: torch.Tensor) -> torch.dtype:
-    """The dtype activations enter the int8 product in (see the module's docstring)."""
-    if weight.device.type == "cpu" and weight.dtype == torch.float32:
+def compute_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """The dtype activations of a `dtype` model enter the int8 product in (see the module's docstring)."""
+    if device.type == "cpu" and dtype == torch.float32:
         return torch.bfloat16
-    return weight.dtype
+    return dtype
 
 
 def quantize_decoder_layers(model: PreTrainedModel) -> int:
