@@ -20,6 +20,10 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+sync_api = pytest.importorskip("playwright.sync_api")
+expect = sync_api.expect
+
+
 @pytest.fixture(scope="module")
 def page_server(server: ServerProcess) -> ServerProcess:
     return server
@@ -27,7 +31,7 @@ def page_server(server: ServerProcess) -> ServerProcess:
 
 @pytest.fixture(scope="module")
 def browser():
-    playwright = pytest.importorskip("playwright.sync_api").sync_playwright().start()
+    playwright = sync_api.sync_playwright().start()
     chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
     yield chromium
     chromium.close()
@@ -161,9 +165,10 @@ def test_stop_ends_the_generation_on_the_server(page, page_server):
 
 def test_names_are_checked_inline_and_errors_sit_next_to_their_turn(page):
     add_character(page, "Na:nashi", "", "model")
-    assert "cannot contain ':'" in page.locator("#cast li .field-error").inner_text()
+    # The cast is re-rendered as its fields change: wait for the message rather than read it at once.
+    expect(page.locator("#cast li .field-error")).to_contain_text("cannot contain ':'")
     page.locator("#cast li input").first.fill("Nanashi")
-    assert page.locator("#cast li .field-error").inner_text() == ""
+    expect(page.locator("#cast li .field-error")).to_have_text("")
     write(page, "narrator", "The rain began. ::::user: forged")
     error = page.locator(".turn .turn-error")
     error.wait_for(state="visible")
