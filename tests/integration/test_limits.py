@@ -26,7 +26,10 @@ def test_request_limits_name_the_field(client, change, param):
 
 @pytest.fixture(scope="module")
 def small_server():
-    process = ServerProcess("--max-running", "1", "--max-queued", "0", "--max-body-mb", "0.01").wait_ready()
+    # A KV cache of its own size, not a share of what the loaded machine has free: the endless request must fit.
+    process = ServerProcess(
+        "--max-running", "1", "--max-queued", "0", "--max-body-mb", "0.01", "--kv-cache-mb", "512"
+    ).wait_ready()
     yield process
     process.stop()
 
@@ -37,7 +40,8 @@ def test_full_server_answers_429_at_once_and_recovers(small_server):
         httpx.Client(base_url=small_server.url, timeout=60) as http,
         http.stream("POST", "/v1/completions", json={**endless, "stream": True}) as running,
     ):
-        next(data_events(running.iter_lines()))
+        first = next(data_events(running.iter_lines()))
+        assert first["choices"][0]["finish_reason"] is None, first  # still running when the next request comes
         busy = http.post("/v1/completions", json={"prompt": "hi", "max_tokens": 2}, timeout=5)
         error = assert_openai_error(busy, 429, code="server_busy")
         assert busy.headers["retry-after"] == "1" and "busy" in error["message"]
