@@ -1,5 +1,6 @@
 """A real server process on a free loopback port, as users start it (`python -m server ...`)."""
 
+import itertools
 import json
 import os
 import signal
@@ -20,10 +21,25 @@ API_KEY = "secret"
 KEYED = ("--cors-origins", json.dumps([FRONTEND]), "--api-key", API_KEY)
 
 
+_next_port = itertools.count()
+PORTS_PER_WORKER = 2000
+
+
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A free port from this test worker's own range, below the kernel's ephemeral ports: two workers asking the
+    kernel for any free port could both get one and race to bind it, and the loser's tests would then talk to the
+    winner's server."""
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    first = 20_000 + worker * PORTS_PER_WORKER
+    for _ in range(PORTS_PER_WORKER):
+        port = first + next(_next_port) % PORTS_PER_WORKER
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {first}-{first + PORTS_PER_WORKER - 1}")
 
 
 class ServerProcess:
