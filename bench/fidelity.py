@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from server.engine.forward.quantization import quantize
+from server.engine.forward.quantization import next_token_kl, quantize
 from server.engine.model.loader import load
 from server.engine.options import QUANTIZATIONS, ModelSpec
 
@@ -67,7 +67,7 @@ def next_token_logprobs(model, windows: list[list[int]], device: torch.device) -
 
 
 def compare(reference: torch.Tensor, other: torch.Tensor, targets: torch.Tensor) -> dict:
-    kl = (reference.exp() * (reference - other)).sum(-1).clamp(min=0)
+    kl = next_token_kl(reference, other).clamp(min=0)
     reference_nll = -reference.gather(1, targets[:, None]).mean()
     other_nll = -other.gather(1, targets[:, None]).mean()
     return {

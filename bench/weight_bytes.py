@@ -18,7 +18,7 @@ from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
 from bench.roofline import H100_BYTES_PER_SECOND, LLAMA_3_1_8B, kv_token_bytes
-from server.engine.forward.int8_linear import Int8Linear
+from server.engine.forward.int8_linear import quantize_linear_layers
 from server.engine.options import QUANTIZATIONS
 
 SCENARIOS = {"1x2k": 1, "32x2k": 32}
@@ -34,10 +34,7 @@ def module_bytes(module: torch.nn.Module) -> int:
 def layer_bytes(config: LlamaConfig, quantization: str) -> int:
     layer = LlamaDecoderLayer(config, layer_idx=0).to(torch.bfloat16)
     if quantization == "int8":
-        for parent in list(layer.modules()):
-            for name, child in list(parent.named_children()):
-                if type(child) is torch.nn.Linear:
-                    setattr(parent, name, Int8Linear(child))
+        quantize_linear_layers(layer)
     return module_bytes(layer)
 
 

@@ -21,7 +21,8 @@ from transformers.models.llama.modeling_llama import (
     eager_attention_forward,
 )
 
-from server.engine.forward.packed_linear import PackedLinear, can_pack
+from server.engine.forward.module_swap import replace_modules
+from server.engine.forward.packed_linear import PackedLinear, packable
 
 
 class StackedAttention(torch.nn.Module):
@@ -79,21 +80,12 @@ class StackedMLP(torch.nn.Module):
 def stack_projections(model: torch.nn.Module) -> int:
     """Replaces every Llama attention and MLP of a CPU model whose projections are plain linear layers that oneDNN
     can pack by its stacked form; returns how many."""
-    stacked = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is LlamaAttention and _packable(child.q_proj, child.k_proj, child.v_proj):
-                setattr(parent, name, StackedAttention(child))
-            elif type(child) is LlamaMLP and _packable(child.gate_proj, child.up_proj):
-                setattr(parent, name, StackedMLP(child))
-            else:
-                continue
-            stacked += 1
-    return stacked
+    return replace_modules(model, _stacked)
 
 
-def _packable(*layers: torch.nn.Module) -> bool:
-    return all(
-        type(layer) is torch.nn.Linear and layer.weight.device.type == "cpu" and can_pack(layer.weight.dtype)
-        for layer in layers
-    )
+def _stacked(module: torch.nn.Module) -> torch.nn.Module | None:
+    if type(module) is LlamaAttention and all(map(packable, (module.q_proj, module.k_proj, module.v_proj))):
+        return StackedAttention(module)
+    if type(module) is LlamaMLP and all(map(packable, (module.gate_proj, module.up_proj))):
+        return StackedMLP(module)
+    return None

@@ -13,6 +13,8 @@ model's dtype.
 import torch
 from transformers import PreTrainedModel
 
+from server.engine.forward.module_swap import replace_modules
+
 QUANTIZED_MAX = 127
 
 
@@ -52,10 +54,9 @@ def quantize_decoder_layers(model: PreTrainedModel) -> int:
     """Replaces every plain linear layer inside the decoder layers (`model.model.layers`) by an Int8Linear; returns
     how many."""
     layers: torch.nn.Module = getattr(model.get_decoder(), "layers")  # noqa: B009  (typed as a Tensor by torch)
-    count = 0
-    for parent in list(layers.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is torch.nn.Linear:
-                setattr(parent, name, Int8Linear(child))
-                count += 1
-    return count
+    return quantize_linear_layers(layers)
+
+
+def quantize_linear_layers(root: torch.nn.Module) -> int:
+    """Replaces every plain linear layer under `root` by an Int8Linear; returns how many."""
+    return replace_modules(root, lambda child: Int8Linear(child) if type(child) is torch.nn.Linear else None)

@@ -8,7 +8,11 @@ step of the embedded model runs about 1.2x faster at one stream and faster still
 on CPUs with AVX512 (or AVX-NE-CONVERT): elsewhere the layers stay as they are.
 """
 
+from typing import TypeGuard
+
 import torch
+
+from server.engine.forward.module_swap import replace_modules
 
 
 class PackedLinear(torch.nn.Module):
@@ -54,10 +58,9 @@ def can_pack(dtype: torch.dtype) -> bool:
 
 def pack_linear_layers(model: torch.nn.Module) -> int:
     """Replaces every plain `nn.Linear` of a CPU model (the LM head included) by a PackedLinear; returns how many."""
-    packed = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is torch.nn.Linear and child.weight.device.type == "cpu" and can_pack(child.weight.dtype):
-                setattr(parent, name, PackedLinear.of(child))
-                packed += 1
-    return packed
+    return replace_modules(model, lambda child: PackedLinear.of(child) if packable(child) else None)
+
+
+def packable(module: torch.nn.Module) -> TypeGuard[torch.nn.Linear]:
+    """A plain linear layer on the CPU whose weight oneDNN packs here."""
+    return type(module) is torch.nn.Linear and module.weight.device.type == "cpu" and can_pack(module.weight.dtype)

@@ -25,10 +25,10 @@ BOUNDS = {"int8": (0.05, 0.9)}
 PROBE = (
     "::::user: Let's engage together in a roleplay.\n\n# Characters\n\n## Mira\nA cartographer who trusts maps "
     "more than people.\n\n## Corin\nHer apprentice, restless and curious.\n\n# Scenario\nA storm keeps them in "
-    "the lighthouse overnight.\n\n::::user:Corin: Corin pressed his face to the glass. \"Do you think the ship "
+    'the lighthouse overnight.\n\n::::user:Corin: Corin pressed his face to the glass. "Do you think the ship '
     'made it past the rocks?"\n\n::::assistant:Mira: Mira did not look up from the chart. "Ships that trust the '
     'light usually do," she said, tracing the coastline with one ink-stained finger.\n\n::::user:Corin: "And the '
-    'ones that don\'t?"\n\n::::assistant:Mira:'
+    "ones that don't?\"\n\n::::assistant:Mira:"
 )
 
 
@@ -64,11 +64,14 @@ def quantize(model: PreTrainedModel, vocabulary: Vocabulary, method: str) -> Qua
 def agreement(reference: torch.Tensor, other: torch.Tensor) -> tuple[float, float]:
     """(mean KL(reference || other) over positions, share of positions with the same arg-max), from [positions,
     vocab] logits."""
-    reference_logprobs = reference.float().log_softmax(-1)
-    other_logprobs = other.float().log_softmax(-1)
-    kl = (reference_logprobs.exp() * (reference_logprobs - other_logprobs)).sum(-1)
+    kl = next_token_kl(reference.float().log_softmax(-1), other.float().log_softmax(-1))
     same = (reference.argmax(-1) == other.argmax(-1)).float()
     return float(kl.mean()), float(same.mean())
+
+
+def next_token_kl(reference_logprobs: torch.Tensor, other_logprobs: torch.Tensor) -> torch.Tensor:
+    """KL(reference || other) of each position's next-token distribution, from [positions, vocab] log-probs."""
+    return (reference_logprobs.exp() * (reference_logprobs - other_logprobs)).sum(-1)
 
 
 def _problem(report: QuantizationReport, logits: torch.Tensor) -> str | None:
