@@ -31,3 +31,12 @@ class Setting:
     @property
     def empty(self) -> bool:
         return not (self.title or self.characters or self.scenario)
+
+
+@dataclass(frozen=True)
+class AuthorsNote:
+    """A note to the writer, kept `depth` messages from the end of the transcript (0: right before the reply)."""
+
+    content: str
+    depth: int = 4
+    ooc: bool = True  # written as an out-of-character note, the form the model was trained to follow

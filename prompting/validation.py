@@ -4,8 +4,9 @@ import re
 from collections.abc import Collection, Sequence
 from functools import lru_cache
 
-from prompting.conversation import Message, Setting
+from prompting.conversation import AuthorsNote, Message, Setting
 from prompting.labels import LABEL_MARK
+from prompting.lorebook import Lorebook, key_problem
 
 ROLES = ("system", "user", "assistant")
 
@@ -19,7 +20,12 @@ class PromptError(ValueError):
 
 
 def validate(
-    messages: Sequence[Message], setting: Setting, speaker: str | None, special_tokens: Collection[str]
+    messages: Sequence[Message],
+    setting: Setting,
+    speaker: str | None,
+    special_tokens: Collection[str],
+    lorebook: Lorebook | None = None,
+    authors_note: AuthorsNote | None = None,
 ) -> None:
     if not messages and setting.empty:
         raise PromptError("messages", "the conversation is empty: send at least one message or a setting")
@@ -43,6 +49,15 @@ def validate(
         check_text(getattr(setting, name) or "", name, name, special)
     if speaker is not None:
         check_name(speaker, "speaker", "speaker")
+    for index, entry in enumerate(lorebook.entries if lorebook else ()):
+        where = f"lorebook.entries[{index}]"
+        check_text(entry.content, f"{where}.content", f"lorebook entry {index}", special)
+        for key in (*entry.keys, *entry.secondary_keys):
+            problem = key_problem(key)
+            if problem:
+                raise PromptError(f"{where}.keys", f"lorebook entry {index}: {problem}")
+    if authors_note:
+        check_text(authors_note.content, "authors_note.content", "the author's note", special)
 
 
 def check_name(name: str, param: str, what: str) -> None:

@@ -315,7 +315,10 @@ class Engine:
         finally:
             self.stats.forward_seconds += time.perf_counter() - started
         if first is None:
-            self._scheduler.prefilled(work.group, self._runner.prefill_remaining(leader.sample_id))
+            remaining = self._runner.prefill_remaining(leader.sample_id)
+            self._scheduler.prefilled(work.group, remaining)
+            for state in work.group:  # a client can show how far the reading has got
+                self._outbox.put(state.sample_id, state.progress(len(state.request.prompt_ids) - remaining))
             return None
         for sibling in work.group[1:]:
             self._runner.fork(leader.sample_id, sibling.sample_id)

@@ -60,6 +60,7 @@ class GenerationOutput:
     stop_string: str | None = None  # the stop string that ended generation, if one did
     cancelled: bool = False  # ended by an abort (finish reason "stop" to the client; "cancelled" in the log)
     shifted_tokens: int = 0  # prompt tokens whose cache was moved from elsewhere (cache reuse); on the last output
+    prompt_read: int | None = None  # set on an output that only reports how much of a long prompt is read so far
 
     def with_text(self, text: str) -> "GenerationOutput":
         return replace(self, text=text)

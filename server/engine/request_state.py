@@ -39,6 +39,10 @@ class RequestState:
         """The token the next decode step feeds (the prompt's last one after backing off to the start)."""
         return self.output_ids[-1] if self.output_ids else self.request.prompt_ids[-1]
 
+    def progress(self, prompt_read: int) -> GenerationOutput:
+        """An output without text: `prompt_read` of the prompt's tokens are in the cache."""
+        return GenerationOutput("", len(self.request.prompt_ids), 0, prompt_read=prompt_read)
+
     def output(
         self,
         text: str,

@@ -4,8 +4,9 @@ Requests wait in arrival order and are admitted, a sample group at once (the n s
 sampler slots are free and the KV budget holds the running requests at their widest (evicting prefix-cache
 entries to make it so). Every step decodes every prefilled request once and spends a prefill budget on the
 prompts being prefilled, oldest first: a chunk while others decode (so a long prompt never stalls their streams),
-everything when nothing decodes. A sample group's prompt is prefilled once, by its first sample (the leader); the
-others start from a copy of its row.
+and when nothing decodes, every prompt at once, each by at most `PREFILL_CHUNKS_ALONE` chunks (so the engine
+reports how far it has read a long prompt, and an abort takes effect, a few times along the way). A sample
+group's prompt is prefilled once, by its first sample (the leader); the others start from a copy of its row.
 
 `schedule()` returns the whole plan of a step; the engine carries it out and reports back (`prefilled`,
 `finished`). Nothing else changes the queues.
@@ -20,6 +21,9 @@ from dataclasses import dataclass
 from server.engine.kv.budget import KvBudget
 from server.engine.kv.prefix_cache import PrefixCache
 from server.engine.request_state import RequestState
+
+# Chunks of each prompt prefilled per step when nothing decodes.
+PREFILL_CHUNKS_ALONE = 4
 
 
 @dataclass(frozen=True)
@@ -89,7 +93,13 @@ class Scheduler:
         expired = self._take_expired(time.monotonic())
         decode = [state for state in self._running if state.prefilled]
         admitted = self._admit()
-        return StepPlan(expired, admitted, decode, self._plan_prefill(self._prefill_chunk if decode else sys.maxsize))
+        chunk = self._prefill_chunk
+        prefill = (
+            self._plan_prefill(chunk, chunk)
+            if decode
+            else self._plan_prefill(sys.maxsize, chunk * PREFILL_CHUNKS_ALONE)
+        )
+        return StepPlan(expired, admitted, decode, prefill)
 
     def prefilled(self, group: list[RequestState], remaining: int) -> None:
         """The engine ran a chunk of `group`'s prompt; `remaining` tokens are left. At 0 the group decodes."""
@@ -142,20 +152,18 @@ class Scheduler:
             admitted.append(group)
         return admitted
 
-    def _plan_prefill(self, budget: int) -> list[PrefillWork]:
-        """The prompts to run this step within `budget` tokens, oldest first."""
+    def _plan_prefill(self, budget: int, most_each: int) -> list[PrefillWork]:
+        """The prompts to run this step within `budget` tokens, oldest first, at most `most_each` of each."""
         work = []
         for entry in self._prefilling:
             if budget <= 0:
                 break
             if not entry.started:  # what the prefix cache holds now, when the leader's prefill starts
                 entry.remaining = self._to_prefill(entry.group[0])
-            tokens = min(budget, entry.remaining)
+            tokens = min(budget, entry.remaining, most_each)
             work.append(PrefillWork(list(entry.group), tokens, starts=not entry.started))
             entry.started = True
             budget -= tokens
-            if tokens < entry.remaining:
-                break
         return work
 
     def _to_prefill(self, leader: RequestState) -> int:

@@ -2,7 +2,10 @@
 
 OpenAI's chat shape, extended for roleplay: messages carry the character `name`, an `ooc` flag makes a nameless
 out-of-character note, the optional setting (`title`, `characters`, `scenario`, `opening`) forms the opening
-turn, `speaker` names the character the model writes as, and `max_turns` lets it go on for several turns.
+turn, `speaker` names the character the model writes as, and `max_turns` lets it go on for several turns
+(`stop_at_user_turn` ends them where the model would write for the user's side). `lorebook` and `authors_note`
+add what SillyTavern and Kobold users keep beside a chat; `context_overflow` says what happens to a chat longer
+than the context.
 """
 
 import time
@@ -11,13 +14,17 @@ from typing import Annotated, Literal
 
 from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field
 
-from prompting import DEFAULT_OPENING, LABEL_MARK, NEXT_TURN, Character, Message, Setting
+from prompting import DEFAULT_OPENING, LABEL_MARK, NEXT_TURN, AuthorsNote, Character, Lorebook, Message, Setting, label
+from prompting.labels import TURN_SEPARATOR
 from server.engine.request import FinishReason
 from server.protocol.completions import StreamOptions, Usage
 from server.protocol.generation import GenerationOptions
+from server.protocol.lore import AuthorsNoteIn, LorebookField
 from server.protocol.sampling import SamplerFields
 
 MAX_TURNS = 16
+# Where the model would start a turn for the user's side (a user-side character, a narrator or an OOC note).
+USER_TURN_STOPS = (TURN_SEPARATOR + label("user"), label("user"))
 
 
 def _unset(value: object) -> bool:
@@ -59,6 +66,18 @@ class ChatRequest(SamplerFields):
         None, description="The character the model writes as. Unset: the last assistant-side name."
     )
     max_turns: int = Field(1, ge=1, le=MAX_TURNS, description="Let the model go on for up to this many turns.")
+    stop_at_user_turn: bool = Field(
+        False, description="With max_turns > 1: stop where the model would start a user-side turn."
+    )
+    lorebook: LorebookField | None = Field(
+        None, description="Entries that enter the prompt when their keys appear in the latest messages."
+    )
+    authors_note: AuthorsNoteIn | None = Field(None, description="A note kept `depth` messages from the end.")
+    context_overflow: Literal["error", "trim"] = Field(
+        "error",
+        description="A chat longer than the context: `error` (400), or `trim`: leave out the oldest messages, in "
+        "chunks of a quarter of the context, so that the prompt's start stays the same for many turns.",
+    )
     max_tokens: int | None = Field(
         None, ge=1, validation_alias=AliasChoices("max_tokens", "max_completion_tokens", "max_new_tokens")
     )
@@ -78,6 +97,12 @@ class ChatRequest(SamplerFields):
         )
         return [m.message() for m in self.messages], setting
 
+    def lore(self) -> tuple[Lorebook | None, AuthorsNote | None]:
+        return (
+            self.lorebook.book() if self.lorebook else None,
+            self.authors_note.note() if self.authors_note else None,
+        )
+
     def stop_list(self) -> list[str]:
         stops = [self.stop] if isinstance(self.stop, str) else self.stop or []
         return [stop for stop in stops if stop]
@@ -88,7 +113,11 @@ class ChatRequest(SamplerFields):
         return GenerationOptions(
             max_tokens=self.max_tokens,
             samples=self.n or 1,
-            stops=tuple(self.stop_list() if several else [NEXT_TURN, *self.stop_list()]),
+            stops=tuple(
+                [*self.stop_list(), *(USER_TURN_STOPS if self.stop_at_user_turn else ())]
+                if several
+                else [NEXT_TURN, *self.stop_list()]
+            ),
             turn_stops=(NEXT_TURN, LABEL_MARK) if several else (),
             turns=self.max_turns,
             logprobs=(self.top_logprobs or 0) if self.logprobs else None,
@@ -140,6 +169,9 @@ class ChatCompletionResponse(BaseModel):
     model: str
     choices: list[ChatChoice]
     usage: Usage
+    trimmed_messages: int | None = Field(
+        None, exclude_if=_unset, description="With context_overflow `trim`: the oldest messages left out."
+    )
 
 
 class ChatDelta(BaseModel):
@@ -165,9 +197,12 @@ class ChatCompletionChunk(BaseModel):
     model: str
     choices: list[ChatChunkChoice]
     usage: Usage | None = None
+    trimmed_messages: int | None = Field(None, exclude_if=_unset, description="On the first chunk, as answered.")
 
 
 class RenderResponse(BaseModel):
     prompt: str = Field(description="The prompt text, BOS included as its text.")
     token_ids: list[int]
     speaker: str | None
+    trimmed_messages: int = Field(0, description="The oldest messages left out to fit the context.")
+    lorebook_entries: list[int] = Field(default_factory=list, description="The lorebook entries in the prompt.")

@@ -4,10 +4,12 @@ from collections.abc import AsyncIterator, Sequence
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from sse_starlette import ServerSentEvent
 
 from server.engine.request import TokenLogprob
 from server.engine.service import EngineService
 from server.protocol.completions import CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse
+from server.serving.delivery import progress_comment
 from server.serving.engine_requests import engine_requests
 from server.serving.generation import Generation, joined_text
 from server.serving.headers import answer_headers
@@ -70,7 +72,7 @@ async def _chunks(
     echo: str,
     include_usage: bool,
     logprobs: int | None,
-) -> AsyncIterator[dict]:
+) -> AsyncIterator[dict | ServerSentEvent]:
     # With include_usage OpenAI sends "usage": null on every chunk but the last; without it, no usage key.
     excluded = set() if include_usage else {"usage"}
     offsets = [len(echo)] * len(generation.handles)
@@ -82,6 +84,8 @@ async def _chunks(
         for index in range(len(generation.handles)):
             yield chunk(CompletionChoice(index=index, text=echo))
     async for index, output in generation.outputs():
+        if output.prompt_read is not None and index == 0:
+            yield progress_comment(output)
         if not (output.text or output.finish_reason or output.logprobs):
             continue
         scores = None

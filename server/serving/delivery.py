@@ -6,7 +6,7 @@ import json
 from collections.abc import AsyncIterator
 
 from fastapi import Request
-from sse_starlette import EventSourceResponse
+from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from server.engine.request import GenerationOutput
 from server.errors import ClientDisconnected, error_body
@@ -67,19 +67,25 @@ async def merged(streams: list[AsyncIterator[GenerationOutput]]) -> AsyncIterato
 
 
 def sse_response(
-    events: AsyncIterator[dict], headers: dict[str, str] | None = None, *, done: bool = True
+    events: AsyncIterator[dict | ServerSentEvent], headers: dict[str, str] | None = None, *, done: bool = True
 ) -> EventSourceResponse:
-    """Streams JSON events as `data:` lines and ends with `data: [DONE]` (OpenAI's convention; llama.cpp's native
-    stream just ends). sse-starlette cancels the generator when the client disconnects; the generator's cleanup
-    cancels the request."""
+    """Streams JSON events as `data:` lines (and comments as they are) and ends with `data: [DONE]` (OpenAI's
+    convention; llama.cpp's native stream just ends). sse-starlette cancels the generator when the client
+    disconnects; the generator's cleanup cancels the request."""
 
-    async def lines() -> AsyncIterator[str]:
+    async def lines() -> AsyncIterator[str | ServerSentEvent]:
         async for event in events:
-            yield json.dumps(event, ensure_ascii=False)
+            yield event if isinstance(event, ServerSentEvent) else json.dumps(event, ensure_ascii=False)
         if done:
             yield "[DONE]"
 
     return EventSourceResponse(lines(), sep="\n", ping=15, headers=headers)
+
+
+def progress_comment(output: GenerationOutput) -> ServerSentEvent:
+    """How much of a long prompt is read, as an SSE comment: every SSE client (the openai package, SillyTavern)
+    skips comments; the built-in page shows it in the reply's bubble."""
+    return ServerSentEvent(comment=f"reading prompt {output.prompt_read}/{output.prompt_tokens}")
 
 
 def error_event(message: str, code: str) -> dict:

@@ -6,7 +6,7 @@ and records the usage for the request log."""
 from collections.abc import AsyncIterator, Callable, Sequence
 
 from fastapi import Request
-from sse_starlette import EventSourceResponse
+from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from prompting import drop_label_space
 from server.engine.request import GenerationOutput
@@ -67,7 +67,7 @@ class Generation:
 
     def stream(
         self,
-        events: Callable[["Generation"], AsyncIterator[dict]],
+        events: Callable[["Generation"], AsyncIterator[dict | ServerSentEvent]],
         headers: dict[str, str] | None = None,
         *,
         done: bool = True,
@@ -75,7 +75,7 @@ class Generation:
         """Streams the route's events as SSE (then `data: [DONE]` unless `done` is false). A failure becomes one
         error event; a client that leaves cancels the samples."""
 
-        async def guarded() -> AsyncIterator[dict]:
+        async def guarded() -> AsyncIterator[dict | ServerSentEvent]:
             try:
                 async for event in events(self):
                     yield event

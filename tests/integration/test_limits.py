@@ -43,6 +43,9 @@ def test_full_server_answers_429_at_once_and_recovers(small_server):
         first = next(data_events(running.iter_lines()))
         assert first["choices"][0]["finish_reason"] is None, first  # still running when the next request comes
         busy = http.post("/v1/completions", json={"prompt": "hi", "max_tokens": 2}, timeout=5)
+        if busy.status_code != 429:
+            rest = list(data_events(running.iter_lines()))
+            raise AssertionError(f"{busy.text}\n{rest[-3:]}\n{len(rest)}\n{small_server.output()[-6000:]}")
         error = assert_openai_error(busy, 429, code="server_busy")
         assert busy.headers["retry-after"] == "1" and "busy" in error["message"]
     answer = httpx.post(f"{small_server.url}/v1/completions", json={"prompt": "hi", "max_tokens": 2}, timeout=60)

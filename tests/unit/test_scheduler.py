@@ -86,6 +86,17 @@ def test_a_long_prompt_is_prefilled_in_chunks_while_others_decode():
     assert long.prefilled and s.schedule().decode == [first, long]
 
 
+def test_with_nothing_decoding_every_prompt_advances_by_at_most_four_chunks_a_step():
+    s = scheduler(chunk=100)
+    long, short = state("long", 900), state("short", 150)
+    s.add([long])
+    s.add([short])
+    plans = [prefill_everything(s) for _ in range(2)]
+    assert [(w.group[0].sample_id, w.tokens) for w in plans[0].prefill] == [("long", 400), ("short", 150)]
+    # `short` decodes now: the long prompt goes on a chunk at a time.
+    assert [(w.group[0].sample_id, w.tokens) for w in plans[1].prefill] == [("long", 100)]
+
+
 def test_the_chunk_budget_is_shared_oldest_first():
     s = scheduler(chunk=100)
     s.add([state("decoding", 3)])

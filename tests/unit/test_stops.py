@@ -70,6 +70,24 @@ def test_turn_stop_lets_earlier_matches_through():
     assert [scan.stopped for scan in released] == [False] * 6 + [True]
 
 
+@pytest.mark.parametrize(
+    ("pieces", "released", "stop"),
+    [
+        # The model's next label is a user-side one: the longer stop wins where the turn stop matched first.
+        (["Hi.", "\n\n::", "::", "us", "er:Anon: hey"], "Hi.", "\n\n::::user:"),
+        (["Hi.\n\n::::", "assistant:B: ok", "\n\n::::user: (OOC"], "Hi.\n\n::::assistant:B: ok", "\n\n::::user:"),
+        (["Hi.::::user:Eve: x"], "Hi.", "::::user:"),
+        # An assistant-side label is only a turn stop: it is let through once it can no longer be the other.
+        (["Hi.\n\n::::", "assist", "ant:B: ok\n\n::::"], "Hi.\n\n::::assistant:B: ok", "\n\n::::"),
+    ],
+)
+def test_a_longer_stop_beginning_where_a_turn_stop_matched_wins(pieces, released, stop):
+    matcher = StopMatcher(["\n\n::::user:", "::::user:"], turn_stops=["\n\n::::", "::::"], turns=2)
+    scans = [matcher.push(piece) for piece in pieces]
+    assert "".join(scan.release for scan in scans) == released
+    assert (scans[-1].stopped, scans[-1].stop) == (True, stop)
+
+
 def test_client_stop_ends_at_once_even_with_turns_left():
     matcher = StopMatcher(["END"], turn_stops=["::::"], turns=5)
     assert matcher.push("a::::b END c") == StopScan(release="a::::b ", held="", stopped=True, stop="END")

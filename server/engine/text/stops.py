@@ -4,7 +4,8 @@ Text that could still be the start of a stop string is held back; it is released
 be one, and never released once a stop matches. The client therefore never sees any part of a stop string.
 
 A *turn stop* (the label mark, when a client lets the model write several turns) ends generation only at its
-`turns`-th match; earlier matches are released as text.
+`turns`-th match; earlier matches are released as text, unless a longer stop string starting at the same place
+could still follow (`\n\n::::user:` after `\n\n::::`): that one wins, so the text is held until it is decided.
 
 A *banned string* is held back like a stop string; when one appears, nothing is released and the scan reports
 where it starts (`banned_at`, counted in characters from the first text ever pushed), so the engine can back off
@@ -75,6 +76,11 @@ class StopMatcher:
                 offset = start + len(released) + len(scan.release)
                 return StopScan(release="", held=self._held, stopped=False, stop=scan.stop, banned_at=offset)
             if scan.stopped and scan.stop in self._turn_stops and self._passes_left > 0:
+                tail = pending[len(scan.release) :]
+                if self._longer_stop_may_follow(tail):
+                    self.position += len(text)
+                    self._held = tail
+                    return StopScan(released + scan.release, tail, stopped=False)
                 self._passes_left -= 1
                 cut = len(scan.release) + len(scan.stop)
                 released, pending = released + pending[:cut], pending[cut:]
@@ -82,6 +88,12 @@ class StopMatcher:
             self.position += len(text)
             self._held = scan.held
             return StopScan(released + scan.release, scan.held, scan.stopped, scan.stop)
+
+    def _longer_stop_may_follow(self, tail: str) -> bool:
+        """Whether `tail` (a turn stop and what follows it) could still grow into another, longer stop."""
+        return any(
+            len(stop) > len(tail) and stop.startswith(tail) for stop in self._stops if stop not in self._turn_stops
+        )
 
     def flush(self) -> str:
         """Releases the held text when generation ends for another reason: it did not become a stop."""
