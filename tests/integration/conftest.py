@@ -67,3 +67,37 @@ def keyed_server(shared_server: Callable[..., ServerProcess]) -> ServerProcess:
 def client(server: ServerProcess) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, timeout=120) as http:
         yield http
+
+
+@pytest.fixture(scope="module")
+def page_server(server: ServerProcess) -> ServerProcess:
+    """The server the built-in page is tested against."""
+    return server
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    """Debian's chromium through Playwright (which never downloads a browser here)."""
+    from tests.integration.web_page import CHROMIUM
+
+    sync_api = pytest.importorskip("playwright.sync_api")
+    playwright = sync_api.sync_playwright().start()
+    chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+    yield chromium
+    chromium.close()
+    playwright.stop()
+
+
+@pytest.fixture
+def page(browser, page_server: ServerProcess) -> Iterator:
+    """The page at desktop size, opened and loaded; no script error may happen in it."""
+    from tests.integration.web_page import open_page
+
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    open_page(page, page_server.url)
+    yield page
+    context.close()
+    assert not errors, errors

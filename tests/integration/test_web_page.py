@@ -1,88 +1,32 @@
 """The built-in roleplay page, driven in a real Chromium (Debian's `chromium`, through Playwright) against a real
-server on the embedded model: a three-character scene, two model turns in a row, an OOC note, regenerate and
-swipe, stop mid-stream, reload, export. Screenshots of the main states go to test-artifacts/web/ (not
-committed)."""
+server on the embedded model, as a person uses it: a three-character scene, two model turns in a row, an OOC
+note, regenerate and swipe, stop mid-stream, reload, export; a 300-turn scene, errors that stay, a scene past the
+context, whole character cards and their lorebooks, multi-turn that stops before the user's side, editing,
+storage that is full, a wrong key, the keyboard, and axe-core. Screenshots of the main states go to
+test-artifacts/web/ (not committed)."""
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import httpx
-import pytest
 
-from tests.integration.server_process import API_KEY, ROOT, ServerProcess
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARTIFACTS = ROOT / "test-artifacts" / "web"
-
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).exists(), reason="needs Debian's chromium (apt-get install chromium; .ci/run installs it)"
+from tests.integration.server_process import API_KEY
+from tests.integration.web_page import (
+    NEEDS_CHROMIUM,
+    add_character,
+    expect,
+    generate_as,
+    open_page,
+    png_with_chara,
+    reload,
+    shot,
+    turns,
+    wait_idle,
+    write,
 )
 
-
-sync_api = pytest.importorskip("playwright.sync_api")
-expect = sync_api.expect
-
-
-@pytest.fixture(scope="module")
-def page_server(server: ServerProcess) -> ServerProcess:
-    return server
-
-
-@pytest.fixture(scope="module")
-def browser():
-    playwright = sync_api.sync_playwright().start()
-    chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-    yield chromium
-    chromium.close()
-    playwright.stop()
-
-
-@pytest.fixture
-def page(browser, page_server):
-    context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    page.goto(f"{page_server.url}/")
-    yield page
-    context.close()
-    assert not errors, errors
-
-
-def shot(page, name: str) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
-
-
-def add_character(page, name: str, description: str, side: str) -> None:
-    page.click("#add-character")
-    member = page.locator("#cast li").last
-    member.locator("input").fill(name)
-    member.locator("textarea").fill(description)
-    member.locator("select").select_option(side)
-
-
-def write(page, writer: str, text: str) -> None:
-    page.select_option("#writer", writer)
-    page.fill("#input", text)
-    page.press("#input", "Enter")
-
-
-def turns(page) -> list[tuple[str, str]]:
-    return [(t.locator(".who").inner_text(), t.locator(".text").inner_text()) for t in page.locator(".turn").all()]
-
-
-def wait_idle(page) -> None:
-    """Until the page has no generation running (its Stop button is off again)."""
-    page.wait_for_function("document.getElementById('stop').disabled", timeout=0)
-
-
-def generate_as(page, speaker: str) -> None:
-    page.select_option("#speaker", speaker)
-    page.click("#generate")
-    wait_idle(page)
+pytestmark = NEEDS_CHROMIUM
 
 
 def test_a_multi_character_scene_end_to_end(page, page_server):
@@ -129,7 +73,7 @@ def test_a_multi_character_scene_end_to_end(page, page_server):
 
     # Reload: the scene is kept in the browser.
     before = turns(page)
-    page.reload()
+    reload(page)
     assert page.input_value("#title") == "The lighthouse"
     assert page.locator("#cast li").count() == 3
     assert turns(page) == before
@@ -180,7 +124,7 @@ def test_names_are_checked_inline_and_errors_sit_next_to_their_turn(page):
 def test_narrow_screens_and_dark_mode(browser, page_server):
     context = browser.new_context(viewport={"width": 390, "height": 844}, color_scheme="dark")
     page = context.new_page()
-    page.goto(f"{page_server.url}/")
+    open_page(page, page_server.url)
     width = page.evaluate("document.documentElement.scrollWidth")
     background = page.evaluate("getComputedStyle(document.body).backgroundColor")
     shot(page, "5-phone-dark")
@@ -207,26 +151,5 @@ def test_a_sillytavern_card_png_becomes_a_cast_member(page, tmp_path):
     png.write_bytes(png_with_chara(card))
     page.set_input_files("#import-card", str(png))
     member = page.locator("#cast li").last
-    assert member.locator("input").input_value() == "Greta"
-    assert member.locator("textarea").input_value() == "A keeper.\nGruff."
-
-
-def png_with_chara(card: dict) -> bytes:
-    """A 1x1 PNG carrying `card` in a `chara` tEXt chunk, as SillyTavern writes character cards."""
-    import base64
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)
-    text = b"chara\x00" + base64.b64encode(json.dumps(card).encode())
-    pixels = zlib.compress(b"\x00\x00\x00\x00")
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"tEXt", text)
-        + chunk(b"IDAT", pixels)
-        + chunk(b"IEND", b"")
-    )
+    assert member.locator("input").first.input_value() == "Greta"
+    assert member.locator("textarea").first.input_value() == "A keeper.\nGruff."
