@@ -127,9 +127,15 @@ def test_narrow_screens_and_dark_mode(browser, page_server):
     open_page(page, page_server.url)
     width = page.evaluate("document.documentElement.scrollWidth")
     background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+    composer = page.locator("#composer").bounding_box()
     shot(page, "5-phone-dark")
+    page.click("#toggle-setup")  # the setup panel takes the screen, and gives it back
+    expect(page.locator("#title")).to_be_visible()
+    page.click("#toggle-setup")
+    expect(page.locator("#input")).to_be_visible()
     context.close()
     assert width <= 390  # nothing wider than the screen
+    assert composer is not None and composer["y"] + composer["height"] <= 844  # the composer is on screen
     assert background == "rgb(23, 24, 27)"
 
 
