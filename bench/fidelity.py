@@ -22,7 +22,7 @@ import torch
 
 from server.engine.forward.quantization import next_token_kl, quantize
 from server.engine.model.loader import load
-from server.engine.options import QUANTIZATIONS, ModelSpec
+from server.engine.options import INT4_GROUP_SIZES, QUANTIZATIONS, ModelSpec
 
 SAMPLE = Path(__file__).parent / "data" / "roleplay_sample.txt"
 LABEL = re.compile(r"::::(?:user|assistant):(?:[^:\n]*:)? ")  # with or without a name
@@ -79,7 +79,7 @@ def compare(reference: torch.Tensor, other: torch.Tensor, targets: torch.Tensor)
     }
 
 
-def measure(spec: ModelSpec, quantization: str, text: str, window: int) -> dict:
+def measure(spec: ModelSpec, quantization: str, text: str, window: int, group_size: int = 128) -> dict:
     loaded = load(spec)
     ids, label_starts = tokens_and_label_starts(loaded.vocabulary.tokenizer, text)
     size = min(window, loaded.context_length) - 1  # each window starts with the BOS
@@ -88,11 +88,12 @@ def measure(spec: ModelSpec, quantization: str, text: str, window: int) -> dict:
     targets = torch.tensor([token for window in windows for token in window[1:]])
     reference = next_token_logprobs(loaded.model, windows, loaded.device)
     if quantization != "none":
-        quantize(loaded.model, loaded.vocabulary, quantization)
+        quantize(loaded.model, loaded.vocabulary, quantization, group_size)
     other = next_token_logprobs(loaded.model, windows, loaded.device)
     after_label = torch.tensor(sorted(index for index in label_starts if index < len(targets)))
     return {
         "quantization": quantization,
+        "int4_group_size": group_size if quantization == "int4" else None,
         "dtype": str(loaded.dtype).removeprefix("torch."),
         "all_tokens": compare(reference, other, targets),
         "after_labels": compare(reference[after_label], other[after_label], targets[after_label]),
@@ -106,12 +107,13 @@ def main() -> None:
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--quantization", choices=QUANTIZATIONS, default="int8")
+    parser.add_argument("--int4-group-size", type=int, choices=INT4_GROUP_SIZES, default=128)
     parser.add_argument("--text", type=Path, default=SAMPLE)
     parser.add_argument("--window", type=int, default=4096, help="tokens per teacher-forced window")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     spec = ModelSpec(model=args.model, adapter=args.adapter, dtype=args.dtype, device=args.device)
-    result = measure(spec, args.quantization, chat_text(args.text), args.window)
+    result = measure(spec, args.quantization, chat_text(args.text), args.window, args.int4_group_size)
     print(f"{'tokens':>14} {'count':>6} {'mean KL':>9} {'p99 KL':>9} {'top-1':>7} {'ppl ratio':>9}")
     for scope in ("all_tokens", "after_labels"):
         row = result[scope]
@@ -119,7 +121,8 @@ def main() -> None:
             f"{scope:>14} {row['tokens']:>6} {row['mean_kl']:>9} {row['p99_kl']:>9} "
             f"{row['top1_agreement']:>7.2%} {row['perplexity_ratio']:>9}"
         )
-    out = args.out or Path(__file__).parent / "results" / f"fidelity-{args.quantization}.json"
+    name = f"int4-g{args.int4_group_size}" if args.quantization == "int4" else args.quantization
+    out = args.out or Path(__file__).parent / "results" / f"fidelity-{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(f"wrote {out}")

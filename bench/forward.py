@@ -1,9 +1,9 @@
 """The engine's forward on this machine, in one process, interleaved: a decode step of the engine (the bucketed
 cache, its layout and cache writes) against the bare model forward on transformers' own cache, for each way of
-running the linear layers (`plain`: as loaded; `packed`: the server's default on the CPU; `int8`: packed and
-`--quantization int8`) and each intra-op thread count; and the prefill of one prompt.
+running the linear layers (`plain`: as loaded; `packed`: the server's default on the CPU; `int8` / `int4`: packed and
+`--quantization int8` / `int4`) and each intra-op thread count; and the prefill of one prompt.
 
-    .venv/bin/python -m bench.forward [--streams 1 8] [--threads 1 2] [--weights plain packed int8] [--steps 20]
+    .venv/bin/python -m bench.forward [--streams 1 8] [--threads 1 2] [--weights plain packed int8 int4] [--steps 20]
                                       [--history-tokens 2000] [--dtype auto] [--out bench/results/forward.json]
 
 Every stream decodes the same prompt (so the bare forward needs no padding: both read the same positions). Each
@@ -24,13 +24,14 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from bench.serve import new_turn, roleplay_history
+from server.engine.forward.int4_linear import quantize_decoder_layers_int4
 from server.engine.forward.int8_linear import quantize_decoder_layers
 from server.engine.forward.runner import ModelRunner
 from server.engine.model.loader import load
 from server.engine.options import ModelSpec
 
-# How the linear layers run: (packed for oneDNN, decoder layers int8).
-WEIGHTS = {"plain": (False, False), "packed": (True, False), "int8": (True, True)}
+# How the linear layers run: (packed for oneDNN, the decoder layers' quantization).
+WEIGHTS = {"plain": (False, None), "packed": (True, None), "int8": (True, "int8"), "int4": (True, "int4")}
 
 
 class Case:
@@ -75,10 +76,12 @@ def timed(step: Callable[[], None], threads: int) -> float:
 def measure(args: argparse.Namespace, model: PreTrainedModel, prompt: list[int], streams: int) -> list[dict]:
     cases = {}
     for label in args.weights:
-        packed, int8 = WEIGHTS[label]
+        packed, quantization = WEIGHTS[label]
         variant = copy.deepcopy(model)
-        if int8:
+        if quantization == "int8":
             quantize_decoder_layers(variant)
+        if quantization == "int4":  # groups of 128 where the width allows (64 on the embedded model's 576)
+            quantize_decoder_layers_int4(variant, 128)
         cases[label] = Case(variant, packed, prompt, streams)
     times: dict[tuple[str, int, str], list[float]] = {}
     for _ in range(args.steps):

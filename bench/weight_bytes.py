@@ -18,7 +18,9 @@ from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
 from bench.roofline import H100_BYTES_PER_SECOND, LLAMA_3_1_8B, kv_token_bytes
+from server.engine.forward.int4_linear import Int4Linear, group_for
 from server.engine.forward.int8_linear import quantize_linear_layers
+from server.engine.forward.module_swap import replace_modules
 from server.engine.options import QUANTIZATIONS
 
 SCENARIOS = {"1x2k": 1, "32x2k": 32}
@@ -35,6 +37,10 @@ def layer_bytes(config: LlamaConfig, quantization: str) -> int:
     layer = LlamaDecoderLayer(config, layer_idx=0).to(torch.bfloat16)
     if quantization == "int8":
         quantize_linear_layers(layer)
+    if quantization == "int4":  # groups of 128, the default
+        replace_modules(
+            layer, lambda c: Int4Linear(c, group_for(c.in_features, 128) or 128) if type(c) is torch.nn.Linear else None
+        )
     return module_bytes(layer)
 
 

@@ -103,13 +103,20 @@ class Settings(BaseSettings):
         "(checked against eager at start-up; on any failure the server warns and runs eager), `eager` runs every "
         "operation each step, `auto` is captured on CUDA and eager on CPU (where there are no graphs to replay).",
     )
-    quantization: Literal["none", "int8"] = Field(
+    quantization: Literal["none", "int8", "int4"] = Field(
         "none",
         description="Weights of the decoder's linear layers, quantized after the adapter is merged: `int8` keeps "
-        "one byte per weight with a scale per output channel (activations, embeddings and the LM head stay in "
+        "one byte per weight with a scale per output channel, `int4` half a byte with a scale and an offset per "
+        "group of `--int4-group-size` input columns (activations, embeddings and the LM head stay in "
         "`--dtype`); checked at start-up against the unquantized model on a probe text (its KL divergence is "
         "logged and in `/health`), a broken result stops the start. `none`: as loaded. Measure the loss on your "
         "weights with `python -m bench.fidelity`.",
+    )
+    int4_group_size: int = Field(
+        128,
+        description="With `--quantization int4`: input columns sharing a scale and offset (smaller: closer to the "
+        "model, a little larger): 32, 64, 128 or 256. A layer whose width it does not divide takes the largest smaller "
+        "one that does.",
     )
     cpu_weights: Literal["packed", "plain"] = Field(
         "packed",

@@ -24,6 +24,7 @@ def model_spec(settings: Settings) -> ModelSpec:
         served_name=settings.served_model_name,
         cache_dir=settings.cache_dir,
         quantization=settings.quantization,
+        int4_group_size=settings.int4_group_size,
     )
 
 

@@ -20,7 +20,7 @@ import torch
 
 from sampling import SamplingParams
 from sampling.sampler import Sampler
-from server.engine.forward.int8_linear import compute_dtype
+from server.engine.forward.quantization import activation_dtype
 from server.engine.forward.runner import ModelRunner
 from server.engine.forward.self_check import CHECK_STEPS, captured_decode_problem
 from server.engine.handle import GenerationHandle, Outbox, OutputSink
@@ -196,7 +196,10 @@ class Engine:
         log.info("decode: capturing the decode step and checking it against eager (%d steps)", CHECK_STEPS)
         config = loaded.model.config
         # Compared at the tolerance of the least precise dtype the forward computes in.
-        precision = loaded.dtype if loaded.quantization is None else compute_dtype(loaded.dtype, loaded.device)
+        quantized = loaded.quantization
+        precision = (
+            loaded.dtype if quantized is None else activation_dtype(quantized.method, loaded.dtype, loaded.device)
+        )
         try:
             with torch.inference_mode():
                 problem = captured_decode_problem(self._runner, config.vocab_size, precision, self.context_length)

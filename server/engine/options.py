@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
-QUANTIZATIONS = ("none", "int8")
+QUANTIZATIONS = ("none", "int8", "int4")
+INT4_GROUP_SIZES = (256, 128, 64, 32)  # what torch's int4 kernels take
 # The model served when none is configured (model/default_model.py) and the name it is served under.
 EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
 
@@ -32,6 +33,7 @@ class ModelSpec:
     served_name: str | None = None
     cache_dir: Path = field(default_factory=default_cache_dir)
     quantization: str = "none"  # one of QUANTIZATIONS: the decoder's linear layers, after the adapter is merged
+    int4_group_size: int = 128  # input columns sharing a scale and offset, with int4
 
     def __post_init__(self) -> None:
         """What can be checked without loading is checked here, at once: the device's spelling and the local
@@ -40,6 +42,9 @@ class ModelSpec:
             raise ModelLoadError(f"unknown device '{self.device}': use auto, cpu, cuda or cuda:N")
         if self.quantization not in QUANTIZATIONS:
             raise ModelLoadError(f"unknown quantization '{self.quantization}': use one of {', '.join(QUANTIZATIONS)}")
+        if self.int4_group_size not in INT4_GROUP_SIZES:
+            sizes = ", ".join(map(str, sorted(INT4_GROUP_SIZES)))
+            raise ModelLoadError(f"unknown int4 group size {self.int4_group_size}: use one of {sizes}")
         if self.quantization != "none" and self.adapter and not self.merge:
             raise ModelLoadError(f"--quantization {self.quantization} quantizes the merged model: drop --no-merge")
         if self.model:

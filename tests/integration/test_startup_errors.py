@@ -75,3 +75,7 @@ def test_quantizing_an_unmerged_adapter(foreign_adapter):
     assert_one_line_error(
         start("--adapter", str(foreign_adapter), "--no-merge", "--quantization", "int8"), "drop --no-merge"
     )
+
+
+def test_an_int4_group_size_the_kernels_do_not_take():
+    assert_one_line_error(start("--quantization", "int4", "--int4-group-size", "100"), "unknown int4 group size 100")

@@ -5,15 +5,12 @@ import math
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from transformers import DynamicCache
 
-from server.engine.forward.decode_step import DecodeStep
 from server.engine.forward.int8_linear import Int8Linear, compute_dtype, quantize_decoder_layers
 from server.engine.forward.quantization import QuantizationReport, _problem, agreement
 from server.engine.forward.runner import ModelRunner
 from server.engine.forward.self_check import captured_decode_problem
-from server.engine.kv.bucket_cache import BucketCache
+from tests.capturable import NoHostSync, padded_decode_logits
 from tests.toy import tiny_llama
 
 
@@ -65,23 +62,6 @@ def test_the_check_names_what_broke():
     )
 
 
-class NoHostSync(TorchDispatchMode):
-    """Fails on what a CUDA graph cannot capture: reading a value back to the host, or an output whose size
-    depends on the data."""
-
-    FORBIDDEN = frozenset({"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2", "item"})
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = func._schema.name.split("::")[-1]
-        if name in self.FORBIDDEN:
-            raise AssertionError(f"{name} syncs the host or allocates by data")
-        if name in ("_to_copy", "copy_") and kwargs and kwargs.get("device") is not None:
-            source = args[0].device
-            if torch.device(kwargs["device"]).type == "cpu" and source.type != "cpu":
-                raise AssertionError(f"{name} copies from {source} to the host")
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize("quantization", ["none", "int8"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @torch.inference_mode()
@@ -89,16 +69,8 @@ def test_the_padded_decode_step_stays_capturable(dtype, quantization):
     model = tiny_llama().to(dtype)
     if quantization == "int8":
         assert quantize_decoder_layers(model) == 2 * 7
-    device = torch.device("cpu")
-    batch_cache = BucketCache(model.config, device, dtype, context_length=64)
-    for row, prompt in enumerate(([5, 6, 7], [9, 10, 11, 12, 13, 14])):
-        cache = DynamicCache(config=model.config)
-        model(input_ids=torch.tensor([prompt]), cache=cache, use_cache=True)
-        batch_cache.join(str(row), cache)
-    batch = batch_cache.advance({"0": 8, "1": 15}, padded=True)
-    step = DecodeStep(model, device)
     with NoHostSync():
-        logits = step(batch, batch.inputs)
+        logits = padded_decode_logits(model)
     assert logits.shape == (2, 64) and bool(torch.isfinite(logits).all())
 
 

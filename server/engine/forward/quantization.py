@@ -14,14 +14,17 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
-from server.engine.forward.int8_linear import quantize_decoder_layers
+from server.engine.forward.int4_linear import quantize_decoder_layers_int4
+from server.engine.forward.int8_linear import compute_dtype, quantize_decoder_layers
 from server.engine.options import ModelLoadError
 from server.engine.text.vocabulary import Vocabulary
 
 log = logging.getLogger(__name__)
 
-# (largest mean KL divergence in nats, smallest top-1 agreement) a method must keep on the probe.
-BOUNDS = {"int8": (0.05, 0.9)}
+# (largest mean KL divergence in nats, smallest top-1 agreement) a method must keep on the probe. int8's bounds
+# are its quality; int4's only catch a broken result: 4 bits in groups cost a small model real quality (the
+# embedded one: mean KL 0.3 nats, perplexity x1.3 with groups of 128), which the log and /health report.
+BOUNDS = {"int8": (0.05, 0.9), "int4": (1.0, 0.5)}
 PROBE = (
     "::::user: Let's engage together in a roleplay.\n\n# Characters\n\n## Mira\nA cartographer who trusts maps "
     "more than people.\n\n## Corin\nHer apprentice, restless and curious.\n\n# Scenario\nA storm keeps them in "
@@ -40,12 +43,16 @@ class QuantizationReport:
     top1_agreement: float  # share of the probe's positions with the same most likely token
 
 
-def quantize(model: PreTrainedModel, vocabulary: Vocabulary, method: str) -> QuantizationReport:
+def quantize(
+    model: PreTrainedModel, vocabulary: Vocabulary, method: str, int4_group_size: int = 128
+) -> QuantizationReport:
     """Quantizes `model` in place by `method` and checks it on the probe; raises ModelLoadError when broken."""
     ids = torch.tensor([vocabulary.encode(PROBE, add_bos=True)], device=model.device)
     with torch.inference_mode():
         before = model(input_ids=ids).logits[0].float()
-        layers = quantize_decoder_layers(model)
+        layers = (
+            quantize_decoder_layers(model) if method == "int8" else quantize_decoder_layers_int4(model, int4_group_size)
+        )
         after = model(input_ids=ids).logits[0].float()
     report = QuantizationReport(method, layers, *agreement(before, after))
     problem = _problem(report, after)
@@ -59,6 +66,11 @@ def quantize(model: PreTrainedModel, vocabulary: Vocabulary, method: str) -> Qua
         report.top1_agreement * 100,
     )
     return report
+
+
+def activation_dtype(method: str, dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """The least precise dtype a `method` model's forward computes in (the captured-decode check's tolerance)."""
+    return torch.bfloat16 if method == "int4" else compute_dtype(dtype, device)
 
 
 def agreement(reference: torch.Tensor, other: torch.Tensor) -> tuple[float, float]:

@@ -82,7 +82,9 @@ def load(spec: ModelSpec) -> LoadedModel:
     # transformers wraps `to` in a decorator whose stub takes the model itself as the first argument.
     model = model.to(device).eval()  # type: ignore[arg-type]
     vocabulary = Vocabulary(tokenizer, model.get_output_embeddings().weight.shape[0], _eos_ids(model, tokenizer))
-    report = quantize(model, vocabulary, spec.quantization) if spec.quantization != "none" else None
+    report = (
+        quantize(model, vocabulary, spec.quantization, spec.int4_group_size) if spec.quantization != "none" else None
+    )
     log.info("model ready in %.1f s", time.monotonic() - started)
     return LoadedModel(
         model=model,
