@@ -8,7 +8,7 @@ in the same run.
 Measures: copy bandwidth; single-stream decode tokens/s at 2k and 8k context; aggregate decode tokens/s at 8 and
 32 streams (2k context each) with the default decode mode (captured on CUDA, after its self-check); prefill
 tokens/s at 8k; the same decode figures with `generate()`; the engine with `--decode-mode eager` at 1 and 32
-streams; a random LoRA adapter merged against unmerged; the merged model with `--quantization int8` (weight
+streams; a random LoRA adapter merged against unmerged; the merged model with `--quantization int8` and `int4` (weight
 bytes, self-check, decode at 1 and 32 streams); the captured step's self-check (captured against eager
 logits); and bench/roofline.py's scenarios run for real on both decode paths (the decode step's measured time
 against the roofline's H100 prediction, with its launches counted on the card). The ceiling of a decode step is
@@ -19,6 +19,7 @@ Prints a table and writes JSON (default bench/results/gpu-<device>.json).
 
 import argparse
 import asyncio
+import copy
 import importlib.metadata
 import json
 import random
@@ -32,7 +33,9 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from bench.roofline import LLAMA_3_1_8B, PATHS, SCENARIOS, count_step, predicted_row, time_step
 from sampling import SamplingParams
 from server.engine.engine import Engine
-from server.engine.forward.int8_linear import compute_dtype, quantize_decoder_layers
+from server.engine.forward.int4_linear import quantize_decoder_layers_int4
+from server.engine.forward.int8_linear import quantize_decoder_layers
+from server.engine.forward.quantization import activation_dtype
 from server.engine.forward.runner import ModelRunner
 from server.engine.forward.self_check import captured_decode_problem
 from server.engine.kv.budget import kv_bytes_per_token
@@ -121,16 +124,21 @@ async def stream_timings(engine: Engine, prompts: list[tuple[int, ...]], max_tok
         marks = []
         async for output in handle:
             assert output.error is None, output.error
-            marks.append((time.perf_counter(), output.completion_tokens))
+            if output.prompt_read is None:  # a token, not the prompt's reading progress
+                marks.append((time.perf_counter(), output.completion_tokens))
         return marks
 
     return await asyncio.gather(*(follow(handle) for handle in handles))
 
 
 def decode_rate(streams: list[list[tuple]]) -> float:
-    """Aggregate tokens/s while every stream is decoding: from the last first token to the first last token."""
+    """Aggregate tokens/s while every stream is decoding: from the last first token to the first last token. When
+    the streams never all decode at once (the KV budget admits them in waves), over the whole run instead."""
     start = max(marks[0][0] for marks in streams)
     end = min(marks[-1][0] for marks in streams)
+    if end <= start:
+        first, last = min(marks[0][0] for marks in streams), max(marks[-1][0] for marks in streams)
+        return sum(marks[-1][1] - marks[0][1] for marks in streams) / (last - first)
 
     def tokens_at(marks: list[tuple], moment: float) -> int:
         return max(count for stamp, count in marks if stamp <= moment)
@@ -211,13 +219,17 @@ def self_check(loaded: LoadedModel) -> dict:
     return {"problem": problem, "seconds": round(time.perf_counter() - started, 2)}
 
 
-def quantized_rates(loaded: LoadedModel, tokens: int) -> dict:
-    """`--quantization int8` on the same (merged) weights: weight bytes, the captured step's self-check, and
-    decode tokens/s at 1 and 32 streams (2k context)."""
-    layers = quantize_decoder_layers(loaded.model)
+def quantized_rates(loaded: LoadedModel, tokens: int, method: str) -> dict:
+    """`--quantization int8` or `int4` (groups of 128) on the same (merged) weights, in place: weight bytes, the
+    captured step's self-check, and decode tokens/s at 1 and 32 streams (2k context)."""
+    if method == "int8":
+        layers = quantize_decoder_layers(loaded.model)
+    else:
+        layers = quantize_decoder_layers_int4(loaded.model, 128)
     tensors = [*loaded.model.parameters(), *loaded.model.buffers()]
     weight_bytes = sum(t.numel() * t.element_size() for t in tensors)
-    check = self_check(LoadedModel(**{**loaded.__dict__, "dtype": compute_dtype(loaded.dtype, loaded.device)}))
+    precision = activation_dtype(method, loaded.dtype, loaded.device)
+    check = self_check(LoadedModel(**{**loaded.__dict__, "dtype": precision}))
     engine = new_engine(loaded, max_running=32)
     try:
         ours(engine, 1, 256, 8, seed=0)
@@ -336,7 +348,8 @@ def main() -> None:
             lora[label] = ours(lora_engine, 1, 2048, args.tokens, seed=5)["decode_tokens_per_s"]
         finally:
             lora_engine.shutdown()
-    int8 = quantized_rates(LoadedModel(**{**loaded.__dict__, "model": model}), args.tokens)
+    int4 = quantized_rates(LoadedModel(**{**loaded.__dict__, "model": copy.deepcopy(model)}), args.tokens, "int4")
+    int8 = quantized_rates(LoadedModel(**{**loaded.__dict__, "model": model}), args.tokens, "int8")
 
     result = {
         "device": card,
@@ -350,6 +363,7 @@ def main() -> None:
         "aggregate_32_over_single_2k": round(rows[3]["ours"] / single[2048], 2),
         "lora_decode_tokens_per_s": {k: round(v, 1) for k, v in lora.items()},
         "int8": int8,
+        "int4": int4,
         "decode_mode": decode_mode,
         "self_check": check,
         "eager_decode_tokens_per_s_2k": eager,
@@ -370,7 +384,7 @@ def main() -> None:
     print(
         f"prefill at 8k: {result['prefill_tokens_per_s_8k']} tokens/s; 32 streams / 1 stream at 2k: "
         f"{result['aggregate_32_over_single_2k']}x; LoRA decode (1 stream, 2k): {result['lora_decode_tokens_per_s']}; "
-        f"int8: {int8}"
+        f"int8: {int8}; int4: {int4}"
         f"; {result['seconds']} s in all"
     )
     out = args.out or RESULTS / f"gpu-{card.replace(' ', '-').lower()}-{args.size}.json"

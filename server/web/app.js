@@ -607,6 +607,9 @@ function turnElement(turn, index) {
   item.querySelector(".delete").addEventListener("click", () => deleteTurn(turn));
   item.querySelector(".insert").addEventListener("click", () => insertBelow(turn));
   item.querySelector(".edit").addEventListener("click", () => editTurn(item, turn));
+  const reswipe = item.querySelector(".reswipe");
+  reswipe.hidden = !(turn.kind === "character" && turn.side === "model");
+  reswipe.addEventListener("click", () => newSwipe(turn));
   return item;
 }
 
@@ -738,7 +741,7 @@ async function generate(options = {}) {
   if (!speaker) return showError(new ApiError(400, "Add a model-side character to the cast: it speaks next."));
   if (running || !ready()) return;
   showError(null);
-  const turns = Math.min(Math.max(Number($("turns").value) || 1, 1), 16);
+  const turns = options.single ? 1 : Math.min(Math.max(Number($("turns").value) || 1, 1), 16);
   const history = options.history ?? s.turns.slice();
   const body = { ...chatBody(s, history, speaker), stream: true, max_turns: turns };
   if (turns > 1 && $("stop-at-user").checked) body.stop_at_user_turn = true;
@@ -850,6 +853,12 @@ function regenerate() {
   const last = lastModelTurn();
   if (!last) return showError(new ApiError(400, "The last turn is not a model-side character's: nothing to regenerate."));
   generate({ speaker: last.name, history: scene().turns.slice(0, -1), into: last });
+}
+
+// A new alternative for any model turn, written from the turns before it (one turn, whatever "turns" says).
+function newSwipe(turn) {
+  const s = scene();
+  generate({ speaker: turn.name, history: s.turns.slice(0, s.turns.indexOf(turn)), into: turn, single: true });
 }
 
 // Continue: the model goes on writing the last model turn. The prompt is the rendered conversation up to that

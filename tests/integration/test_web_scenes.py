@@ -243,6 +243,11 @@ def test_editing_escape_cancels_delete_undoes_and_swipes_survive_export(page, pa
     assert len(turns(page)) == 2
     page.click("#undo")
     assert turns(page)[1] == ("Greta (model side)", "1. Anon waited.")
+    page.locator(".turn").nth(1).hover()
+    page.locator(".turn").nth(1).locator(".reswipe").click()  # a swipe for a model turn in the middle
+    wait_idle(page)
+    assert page.locator(".turn").nth(1).locator(".swipe-at").inner_text() == "2/2"
+    assert len(turns(page)) == 3
     page.select_option("#speaker", "Greta")
     page.click("#regenerate")  # the last turn (Anon's) is not Greta's: nothing to regenerate
     expect(page.locator("#error")).to_contain_text("nothing to regenerate")
