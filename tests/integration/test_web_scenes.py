@@ -340,3 +340,31 @@ def test_axe_finds_no_violation(browser, page_server, tmp_path, width, height, s
     shot(page, f"9-axe-{scheme}-{width}")
     context.close()
     assert violations == []
+
+
+def test_a_busy_server_a_cut_stream_and_a_lost_server_are_said_in_plain_words(page):
+    """The server's 429 shape (its own test is in test_limits.py), a stream cut before `[DONE]`, and no answer at
+    all, as the browser meets them."""
+    add_character(page, "Anon", "", "user")
+    add_character(page, "Greta", "", "model")
+    write(page, "character:Anon", "Anon knocked.")
+    page.select_option("#speaker", "Greta")
+    busy = {
+        "error": {"message": "The server is busy", "type": "rate_limit_error", "param": None, "code": "server_busy"}
+    }
+    cut = 'data: {"choices": [{"index": 0, "delta": {"content": "Half a"}, "finish_reason": null}]}\n\n'
+    answers = [
+        lambda route: route.fulfill(status=429, headers={"Retry-After": "1"}, json=busy),
+        lambda route: route.fulfill(status=200, headers={"Content-Type": "text/event-stream"}, body=cut),
+        lambda route: route.abort("connectionrefused"),
+    ]
+    expected = ["busy with other requests. Try again in 1 s.", "stopped answering in the middle", "stopped answering"]
+    for answer, words in zip(answers, expected, strict=True):
+        page.unroute("**/v1/chat/completions")
+        page.route("**/v1/chat/completions", answer)
+        page.click("#generate")
+        wait_idle(page)
+        expect(page.locator("#error")).to_contain_text(words)
+        page.wait_for_timeout(600)  # a later preview leaves it in place
+        expect(page.locator("#error")).to_contain_text(words)
+    assert turns(page)[-1] == ("Greta (model side)", "Half a")  # what came before the cut is kept
