@@ -43,22 +43,29 @@ class Lorebook:
     token_budget: int | None = None  # at most this many tokens of entries; None: no limit
 
 
-def triggered(book: Lorebook, messages: Sequence[Message], count_tokens: Callable[[str], int]) -> list[int]:
-    """The indexes of the entries that enter the prompt, in the book's order. Constant entries, then the others
-    by descending `order`, are kept while the budget holds; the first that does not fit ends the selection (as
-    in SillyTavern, so that a long low-priority entry never crowds out a shorter higher one)."""
+def triggered(
+    book: Lorebook, messages: Sequence[Message], count_tokens: Callable[[str], int] | None = None
+) -> list[int]:
+    """The indexes of the entries that enter the prompt, in the book's order. With a token budget (measured by
+    `count_tokens`, then required), constant entries, then the others by descending `order`, are kept while the
+    budget holds; the first that does not fit ends the selection (as in SillyTavern, so that a long low-priority
+    entry never crowds out a shorter higher one)."""
     scanned = "\n".join(m.content for m in messages[len(messages) - book.scan_depth :]) if book.scan_depth else ""
     active = [
         index
         for index, entry in enumerate(book.entries)
         if entry.enabled and entry.content.strip() and (entry.constant or _keys_found(entry, scanned))
     ]
+    if book.token_budget is None:
+        return active
+    if count_tokens is None:
+        raise ValueError("a lorebook with a token budget needs count_tokens")
     active.sort(key=lambda index: (not book.entries[index].constant, -book.entries[index].order, index))
     kept: list[int] = []
     spent = 0
     for index in active:
         cost = count_tokens(book.entries[index].content.strip())
-        if book.token_budget is not None and spent + cost > book.token_budget:
+        if spent + cost > book.token_budget:
             break
         spent += cost
         kept.append(index)

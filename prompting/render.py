@@ -49,9 +49,7 @@ def render_prompt(
             raise PromptError(f"messages[{index}].content", f"message {index}: the content is empty")
     if speaker is None:
         speaker = next((m.name for m in reversed(messages) if m.role == "assistant" and m.name), None)
-    if lorebook.token_budget is not None and count_tokens is None:
-        raise ValueError("a lorebook with a token budget needs count_tokens")
-    chosen = triggered(lorebook, messages, count_tokens or len) if lorebook.entries else []
+    chosen = triggered(lorebook, messages, count_tokens) if lorebook.entries else []
     lore = _placed([lorebook.entries[index] for index in chosen])
     before, after = lore["before_characters"], lore["after_characters"]
     turns = [] if setting.empty and not (before or after) else [opening_turn(setting, before, after)]

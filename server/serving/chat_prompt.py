@@ -3,7 +3,7 @@
 prompting/trimming.py for why chunks)."""
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from prompting import Message, PromptError, RenderedPrompt, render_prompt
@@ -30,32 +30,32 @@ async def chat_prompt(body: ChatRequest, engine: EngineService, *, for_generatio
     """The prompt of `body`. `for_generation`: a prompt no context can hold is refused before tokenizing (a
     render only shows it)."""
     messages, _ = body.conversation()
-    rendered = await asyncio.to_thread(_render, body, engine, messages)
-    trimming = body.context_overflow == "trim"
-    bounded = for_generation and not trimming
-    ids = await (prompt_ids if bounded else encoded)(engine, rendered.text, add_bos=True)
+    render = _renderer(body, engine)
+    rendered = await asyncio.to_thread(render, messages)
+    if body.context_overflow != "trim":
+        ids = await (prompt_ids if for_generation else encoded)(engine, rendered.text, add_bos=True)
+        if for_generation and len(ids) + (body.max_tokens or 1) > engine.context_length:
+            wanted = f" plus {body.max_tokens} to generate" if body.max_tokens else ""
+            raise APIError(
+                400,
+                f"This model's maximum context length is {engine.context_length} tokens; the chat has {len(ids)}"
+                f'{wanted}. Send "context_overflow": "trim" to leave out the oldest messages, or shorten it.',
+                param="messages",
+                code="context_length_exceeded",
+            )
+        return ChatPrompt(rendered, ids, 0)
+    ids = await encoded(engine, rendered.text, add_bos=True)
     chunk = engine.context_length // TRIM_CHUNK_SHARE
     reserve = body.max_tokens or chunk  # without max_tokens, room for a reply of a chunk
     excess = len(ids) + reserve - engine.context_length
-    if excess <= 0 or (not for_generation and not trimming):
-        return ChatPrompt(rendered, ids, 0)
-    if not trimming and len(ids) + (body.max_tokens or 1) > engine.context_length:
-        wanted = f" plus {body.max_tokens} to generate" if body.max_tokens else ""
-        raise APIError(
-            400,
-            f"This model's maximum context length is {engine.context_length} tokens; the chat has {len(ids)}"
-            f'{wanted}. Send "context_overflow": "trim" to leave out the oldest messages, or shorten it.',
-            param="messages",
-            code="context_length_exceeded",
-        )
-    if not trimming:
+    if excess <= 0:
         return ChatPrompt(rendered, ids, 0)
     counts = await asyncio.to_thread(_turn_tokens, engine, messages)
     leave = messages_to_leave_out(counts, excess, chunk)
     # The per-turn counts are close, not exact (tokens at turn boundaries, lore that moves): check, and leave out
     # one more message while it does not fit.
     while leave is not None and leave < len(messages):
-        rendered = await asyncio.to_thread(_render, body, engine, messages[leave:])
+        rendered = await asyncio.to_thread(render, messages[leave:])
         ids = await encoded(engine, rendered.text, add_bos=True)
         if len(ids) + reserve <= engine.context_length:
             return ChatPrompt(rendered, ids, leave)
@@ -69,21 +69,27 @@ async def chat_prompt(body: ChatRequest, engine: EngineService, *, for_generatio
     )
 
 
-def _render(body: ChatRequest, engine: EngineService, messages: Sequence[Message]) -> RenderedPrompt:
+def _renderer(body: ChatRequest, engine: EngineService) -> Callable[[Sequence[Message]], RenderedPrompt]:
+    """Renders `body` with the given messages (all of them, or the newest ones); the setting and the lore are
+    read from the request once."""
     _, setting = body.conversation()
     lorebook, authors_note = body.lore()
-    try:
-        return render_prompt(
-            messages,
-            setting,
-            body.speaker,
-            special_tokens=engine.vocabulary.special_texts,
-            lorebook=lorebook,
-            authors_note=authors_note,
-            count_tokens=lambda text: len(engine.vocabulary.encode(text, add_bos=False)),
-        )
-    except PromptError as error:
-        raise APIError(400, str(error), param=error.param) from error
+
+    def render(messages: Sequence[Message]) -> RenderedPrompt:
+        try:
+            return render_prompt(
+                messages,
+                setting,
+                body.speaker,
+                special_tokens=engine.vocabulary.special_texts,
+                lorebook=lorebook,
+                authors_note=authors_note,
+                count_tokens=lambda text: len(engine.vocabulary.encode(text, add_bos=False)),
+            )
+        except PromptError as error:
+            raise APIError(400, str(error), param=error.param) from error
+
+    return render
 
 
 def _turn_tokens(engine: EngineService, messages: Sequence[Message]) -> list[int]:

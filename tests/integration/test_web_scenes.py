@@ -268,7 +268,7 @@ def test_editing_escape_cancels_delete_undoes_and_swipes_survive_export(page, pa
 def test_a_full_storage_says_so_and_loses_nothing_on_screen(page, page_server, tmp_path):
     add_character(page, "Anon", "", "user")
     write(page, "character:Anon", "Kept before the storage filled up.")
-    page.wait_for_timeout(500)  # the debounced save
+    page.wait_for_selector("body:not([data-unsaved])", state="attached")  # written before the storage fills
     page.evaluate(
         """() => {
         IDBObjectStore.prototype.put = function () { throw new DOMException('quota', 'QuotaExceededError'); };

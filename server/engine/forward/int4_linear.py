@@ -15,7 +15,7 @@ weights. Applied to the decoder's linear layers after the adapter is merged.
 import torch
 from transformers import PreTrainedModel
 
-from server.engine.forward.module_swap import replace_modules
+from server.engine.forward.module_swap import decoder_layers, replace_modules
 from server.engine.options import INT4_GROUP_SIZES
 
 LEVELS = 15  # 4 bits: 0..15
@@ -88,7 +88,6 @@ def group_for(in_features: int, wanted: int) -> int | None:
 
 def quantize_decoder_layers_int4(model: PreTrainedModel, group_size: int) -> int:
     """Replaces every plain linear layer inside the decoder layers by an Int4Linear; returns how many."""
-    layers: torch.nn.Module = getattr(model.get_decoder(), "layers")  # noqa: B009  (typed as a Tensor by torch)
 
     def swapped(child: torch.nn.Module) -> torch.nn.Module | None:
         if type(child) is not torch.nn.Linear:
@@ -96,4 +95,4 @@ def quantize_decoder_layers_int4(model: PreTrainedModel, group_size: int) -> int
         size = group_for(child.in_features, group_size)
         return Int4Linear(child, size) if size is not None else None
 
-    return replace_modules(layers, swapped)
+    return replace_modules(decoder_layers(model), swapped)

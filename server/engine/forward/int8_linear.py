@@ -13,7 +13,7 @@ model's dtype.
 import torch
 from transformers import PreTrainedModel
 
-from server.engine.forward.module_swap import replace_modules
+from server.engine.forward.module_swap import decoder_layers, replace_modules
 
 QUANTIZED_MAX = 127
 
@@ -53,8 +53,7 @@ def compute_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
 def quantize_decoder_layers(model: PreTrainedModel) -> int:
     """Replaces every plain linear layer inside the decoder layers (`model.model.layers`) by an Int8Linear; returns
     how many."""
-    layers: torch.nn.Module = getattr(model.get_decoder(), "layers")  # noqa: B009  (typed as a Tensor by torch)
-    return quantize_linear_layers(layers)
+    return quantize_linear_layers(decoder_layers(model))
 
 
 def quantize_linear_layers(root: torch.nn.Module) -> int:

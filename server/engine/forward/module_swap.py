@@ -1,8 +1,10 @@
-"""Replacing a model's submodules in place: the CPU forward's packed and stacked layers, int8 quantization."""
+"""Replacing a model's submodules in place: the CPU forward's packed and stacked layers, int8 and int4
+quantization."""
 
 from collections.abc import Callable
 
 import torch
+from transformers import PreTrainedModel
 
 
 def replace_modules(root: torch.nn.Module, replacement: Callable[[torch.nn.Module], torch.nn.Module | None]) -> int:
@@ -16,3 +18,8 @@ def replace_modules(root: torch.nn.Module, replacement: Callable[[torch.nn.Modul
                 setattr(parent, name, new)
                 replaced += 1
     return replaced
+
+
+def decoder_layers(model: PreTrainedModel) -> torch.nn.Module:
+    """The decoder's stack of layers (`model.model.layers`): what quantization replaces layers in."""
+    return getattr(model.get_decoder(), "layers")  # noqa: B009  (typed as a Tensor by torch)
