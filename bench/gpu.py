@@ -38,7 +38,7 @@ from server.engine.forward.int8_linear import quantize_decoder_layers
 from server.engine.forward.quantization import activation_dtype
 from server.engine.forward.runner import ModelRunner
 from server.engine.forward.self_check import captured_decode_problem
-from server.engine.kv.budget import kv_bytes_per_token
+from server.engine.kv.kv_format import KvFormat
 from server.engine.model.loader import LoadedModel
 from server.engine.options import EngineOptions
 from server.engine.request import GenerationRequest
@@ -298,7 +298,7 @@ def main() -> None:
     bandwidth = copy_bandwidth(device, 4 if device.type == "cuda" else 0.5)
     loaded = build(args.size, device, dtype)
     weight_bytes = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
-    kv_per_token = kv_bytes_per_token(loaded.model.config, loaded.dtype.itemsize)
+    kv_per_token = KvFormat("auto", loaded.dtype).bytes_per_token(loaded.model.config)
     rows = []
 
     def row(name: str, streams: int, context: int, ours_value: float, generate_value: float | None) -> None:

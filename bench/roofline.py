@@ -40,7 +40,7 @@ from sampling.sampler import Sampler
 from server.engine.forward.decode_graphs import DecodeGraphs
 from server.engine.forward.runner import ModelRunner
 from server.engine.kv.bucket_cache import bucket_widths, capacity_for, width_for
-from server.engine.kv.budget import kv_bytes_per_token
+from server.engine.kv.kv_format import KvFormat
 from server.engine.text.detokenizer import token_bytes_table, token_texts
 
 LLAMA_3_1_8B = {
@@ -123,8 +123,8 @@ def weight_bytes(config: dict) -> int:
     return BF16 * (config["num_hidden_layers"] * per_layer + hidden + vocab * hidden)
 
 
-def kv_token_bytes(config: dict) -> int:
-    return kv_bytes_per_token(LlamaConfig(**config), torch.bfloat16.itemsize)
+def kv_token_bytes(config: dict, kv_cache_dtype: str = "auto") -> int:
+    return KvFormat(kv_cache_dtype, torch.bfloat16).bytes_per_token(LlamaConfig(**config))
 
 
 class LaunchCounter(TorchDispatchMode):

@@ -118,6 +118,13 @@ class Settings(BaseSettings):
         "model, a little larger): 32, 64, 128 or 256. A layer whose width it does not divide takes the largest smaller "
         "one that does.",
     )
+    kv_cache_dtype: Literal["auto", "int8", "fp8"] = Field(
+        "auto",
+        description="How the KV cache stores keys and values: `auto` in `--dtype`; `int8` or `fp8` (e4m3) in one "
+        "byte each plus a power-of-two scale per token and head, about half of bfloat16's bytes: twice the context "
+        "or the chats in the same memory, at a small cost in fidelity (`python -m bench.fidelity "
+        "--kv-cache-dtype int8` measures it). Attention reads the 8-bit cache back into `--dtype`.",
+    )
     cpu_weights: Literal["packed", "plain"] = Field(
         "packed",
         description="On the CPU: `packed` stacks each Llama layer's query/key/value and gate/up projections into "

@@ -41,6 +41,7 @@ def engine_options(settings: Settings) -> EngineOptions:
         log_content=settings.log_content,
         decode_mode=settings.decode_mode,
         packed_weights=settings.cpu_weights == "packed",
+        kv_cache_dtype=settings.kv_cache_dtype,
         log_level=settings.log_level,
     )
 
@@ -57,11 +58,9 @@ def start_engine(state: ServerState, timings: TokenTimings, on_failure: Callable
             on_failure(str(error))
         return
     state.engine = engine
-    budget = engine.kv_budget
     log.info(
-        "serving %s; KV cache budget %d tokens (%.0f MiB), prefix cache at most %d tokens",
+        "serving %s; %s; prefix cache at most %d tokens",
         state.model_name,
-        budget.tokens,
-        budget.tokens * budget.bytes_per_token / 2**20,
-        budget.prefix_tokens,
+        engine.memory_plan.summary(),
+        engine.kv_budget.prefix_tokens,
     )

@@ -3,10 +3,11 @@ sized by data, and a padded decode step to run under it."""
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from transformers import DynamicCache, PreTrainedModel
+from transformers import PreTrainedModel
 
 from server.engine.forward.decode_step import DecodeStep
 from server.engine.kv.bucket_cache import BucketCache
+from server.engine.kv.kv_format import KvFormat
 
 
 class NoHostSync(TorchDispatchMode):
@@ -26,12 +27,14 @@ class NoHostSync(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def padded_decode_logits(model: PreTrainedModel) -> torch.Tensor:
-    """One padded decode step of two rows (prompts of 3 and 6 tokens) over the bucket cache, as the engine runs it."""
+def padded_decode_logits(model: PreTrainedModel, kv_cache_dtype: str = "auto") -> torch.Tensor:
+    """One padded decode step of two rows (prompts of 3 and 6 tokens) over the bucket cache, as the engine runs it
+    (the cache storing keys and values as `kv_cache_dtype` says)."""
     device = torch.device("cpu")
-    batch_cache = BucketCache(model.config, device, model.dtype, context_length=64)
+    kv_format = KvFormat(kv_cache_dtype, model.dtype)
+    batch_cache = BucketCache(model.config, device, kv_format, context_length=64)
     for row, prompt in enumerate(([5, 6, 7], [9, 10, 11, 12, 13, 14])):
-        cache = DynamicCache(config=model.config)
+        cache = kv_format.new_cache(model.config)
         model(input_ids=torch.tensor([prompt]), cache=cache, use_cache=True)
         batch_cache.join(str(row), cache)
     batch = batch_cache.advance({"0": 8, "1": 15}, padded=True)

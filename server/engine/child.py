@@ -68,7 +68,8 @@ def serve(options: EngineOptions, commands: Connection, results: Connection) -> 
         results.send(error)
         return
     sender.stats = engine.stats
-    results.send(Ready(engine.vocabulary, engine.context_length, engine.kv_budget, replace(engine.stats)))
+    ready = Ready(engine.vocabulary, engine.context_length, engine.kv_budget, engine.memory_plan, replace(engine.stats))
+    results.send(ready)
     engine.start()
     while True:
         try:

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from server.engine.handle import GenerationHandle, deliver_all
 from server.engine.kv.budget import KvBudget
+from server.engine.memory_plan import MemoryPlan
 from server.engine.options import EngineOptions, ModelLoadError
 from server.engine.pipe import Ready, Step
 from server.engine.request import GenerationError, GenerationOutput, GenerationRequest
@@ -153,6 +154,7 @@ class EngineClient:
         self.vocabulary: Vocabulary = ready.vocabulary
         self.context_length: int = ready.context_length
         self.kv_budget: KvBudget = ready.kv_budget
+        self.memory_plan: MemoryPlan = ready.memory_plan
         self._process: BaseProcess = process
         self._results: Connection = results
         with self._lock:

@@ -24,8 +24,10 @@ from server.engine.forward.quantization import activation_dtype
 from server.engine.forward.runner import ModelRunner
 from server.engine.forward.self_check import CHECK_STEPS, captured_decode_problem
 from server.engine.handle import GenerationHandle, Outbox, OutputSink
-from server.engine.kv.budget import KvBudget, kv_bytes_per_token, reservation
+from server.engine.kv.budget import KvBudget, reservation
+from server.engine.kv.kv_format import KvFormat
 from server.engine.kv.memory import kv_budget_bytes, release_free_host_memory
+from server.engine.memory_plan import PLAN_CHAT_TOKENS, MemoryPlan, chats_that_fit
 from server.engine.model.loader import LoadedModel
 from server.engine.options import EngineOptions, ModelLoadError
 from server.engine.output_processor import BackOff, Ending, OutputProcessor
@@ -86,8 +88,9 @@ class Engine:
         self.stats = EngineStats()
         self.vocabulary = loaded.vocabulary
         budget_bytes = (options.kv_cache_mb or 0) * 2**20 or kv_budget_bytes(loaded.device, options.memory_fraction)
+        kv_format = KvFormat(options.kv_cache_dtype, loaded.dtype)
         self.kv_budget = KvBudget.of(
-            budget_bytes, kv_bytes_per_token(loaded.model.config, loaded.dtype.itemsize), options.prefix_cache_mb
+            budget_bytes, kv_format.bytes_per_token(loaded.model.config), options.prefix_cache_mb
         )
         self.context_length = context_length(loaded, options.max_model_len)
         self._device = loaded.device
@@ -103,6 +106,18 @@ class Engine:
             context_length=self.context_length,
             captured=captured,
             packed_weights=options.packed_weights,
+            kv_cache_dtype=options.kv_cache_dtype,
+        )
+        chat_tokens = min(PLAN_CHAT_TOKENS, self.context_length)
+        self.memory_plan = MemoryPlan(
+            weights_bytes=loaded.weights_bytes,
+            quantization=loaded.quantization.method if loaded.quantization else "none",
+            kv_cache_dtype=options.kv_cache_dtype,
+            kv_bytes_per_token=self.kv_budget.bytes_per_token,
+            kv_budget_bytes=self.kv_budget.tokens * self.kv_budget.bytes_per_token,
+            kv_budget_tokens=self.kv_budget.tokens,
+            chat_tokens=chat_tokens,
+            chats=chats_that_fit(self._runner.footprint, self.kv_budget.tokens, chat_tokens),
         )
         if captured:
             self._check_captured_decode(loaded)

@@ -88,4 +88,5 @@ class EngineOptions:
     log_content: bool = False
     decode_mode: str = "eager"  # "eager", "captured" (self-checked, eager when that fails) or "auto"
     packed_weights: bool = True  # on the CPU, linear layers on oneDNN-packed weights (forward/packed_linear.py)
+    kv_cache_dtype: str = "auto"  # how the KV cache stores keys and values (kv/kv_format.py)
     log_level: str = "info"

@@ -8,6 +8,7 @@ one `Step` per engine step that produced something.
 from dataclasses import dataclass
 
 from server.engine.kv.budget import KvBudget
+from server.engine.memory_plan import MemoryPlan
 from server.engine.request import GenerationOutput
 from server.engine.stats import EngineStats
 from server.engine.text.vocabulary import Vocabulary
@@ -18,6 +19,7 @@ class Ready:
     vocabulary: Vocabulary
     context_length: int
     kv_budget: KvBudget
+    memory_plan: MemoryPlan
     stats: EngineStats
 
 

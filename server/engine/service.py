@@ -6,6 +6,7 @@ from typing import Literal, Protocol
 
 from server.engine.handle import GenerationHandle
 from server.engine.kv.budget import KvBudget
+from server.engine.memory_plan import MemoryPlan
 from server.engine.request import GenerationRequest
 from server.engine.stats import EngineStats
 from server.engine.text.vocabulary import Vocabulary
@@ -17,6 +18,7 @@ class EngineService(Protocol):
     vocabulary: Vocabulary
     context_length: int
     kv_budget: KvBudget
+    memory_plan: MemoryPlan
 
     @property
     def stats(self) -> EngineStats: ...

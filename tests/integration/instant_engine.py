@@ -6,6 +6,7 @@ import asyncio
 
 from server.engine.handle import GenerationHandle, deliver_all
 from server.engine.kv.budget import KvBudget
+from server.engine.memory_plan import MemoryPlan
 from server.engine.request import GenerationOutput, GenerationRequest
 from server.engine.stats import EngineStats
 from server.engine.text.vocabulary import Vocabulary
@@ -20,6 +21,7 @@ class InstantEngine:
         self.vocabulary = Vocabulary(tokenizer, len(tokenizer), frozenset({tokenizer.eos_token_id}))
         self.context_length = 8192
         self.kv_budget = KvBudget(bytes_per_token=1, tokens=1 << 20, prefix_tokens=0)
+        self.memory_plan = MemoryPlan(0, "none", "auto", 1, 1 << 20, 1 << 20, 8192, (1 << 20) // 8192)
         self.stats = EngineStats()
         self.status = "ok"
         self.alive = True

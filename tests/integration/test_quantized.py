@@ -1,6 +1,7 @@
-"""A server with `--quantization int8`: it reports its load-time check, and streams, stops, reuses prefixes,
-samples n > 1, backs off banned strings and reproduces seeded output as the unquantized one does; a server with
-`--quantization int4` reports its check and generates."""
+"""A server with `--quantization int8 --kv-cache-dtype int8`: it reports its load-time check and memory plan,
+and streams, stops, reuses prefixes, samples n > 1, backs off banned strings and reproduces seeded output (a
+swipe read from the 8-bit prefix cache included) as the unquantized one does; a server with `--quantization int4
+--kv-cache-dtype fp8` reports its check and generates."""
 
 from collections.abc import Iterator
 
@@ -15,7 +16,7 @@ PROMPT = '\n\n::::user:Anon: "Where does the stair lead?"\n\n::::assistant:Greta
 
 @pytest.fixture(scope="module")
 def int8_server() -> Iterator[ServerProcess]:
-    server = ServerProcess("--quantization", "int8").wait_ready()
+    server = ServerProcess("--quantization", "int8", "--kv-cache-dtype", "int8").wait_ready()
     yield server
     server.stop()
 
@@ -31,6 +32,18 @@ def test_health_and_the_log_report_the_check(client, int8_server):
     assert health["quantization"] == "int8"
     assert 0 <= health["quantization_kl"] < 0.05 and health["quantization_top1"] >= 0.9
     assert "quantization int8: 210 linear layers; on the probe, mean KL" in int8_server.output()
+
+
+def test_health_and_the_log_give_the_memory_plan_in_8_bit_kv_bytes(client, int8_server):
+    """SmolLM2-135M: 30 layers, 3 key/value heads of 64; 8-bit codes and an exponent byte per head and token."""
+    memory = client.get("/health").json()["memory"]
+    assert memory["kv_cache_dtype"] == "int8" and memory["kv_bytes_per_token"] == 2 * 30 * 3 * 65
+    # 538 MB in float32; int8 leaves the float32 embedding (tied to the LM head, 113 MB) and 106 MB of decoder.
+    assert memory["quantization"] == "int8" and 200_000_000 < memory["weights_bytes"] < 240_000_000
+    assert memory["kv_budget_tokens"] == memory["kv_budget_bytes"] // memory["kv_bytes_per_token"]
+    assert memory["chat_tokens"] == 8192 and memory["chats"] >= 1
+    summary = f"KV cache (int8) {memory['kv_budget_bytes'] / 2**20:,.0f} MiB at 11,700 bytes a token"
+    assert summary in int8_server.output()
 
 
 def test_seeded_output_repeats_and_streams_the_same(client):
@@ -69,10 +82,10 @@ def test_banned_strings_back_off(client):
 
 
 def test_an_int4_server_reports_its_check_and_generates():
-    server = ServerProcess("--quantization", "int4", "--int4-group-size", "32").wait_ready()
+    server = ServerProcess("--quantization", "int4", "--int4-group-size", "32", "--kv-cache-dtype", "fp8").wait_ready()
     try:
         health = server.health()
-        assert health["quantization"] == "int4"
+        assert health["quantization"] == "int4" and health["memory"]["kv_cache_dtype"] == "fp8"
         # The embedded model's weights lie on a 4-bit grid in blocks of 32: groups of 32 keep it nearly as it is.
         assert health["quantization_kl"] < 0.01 and health["quantization_top1"] > 0.9
         assert "quantization int4: 210 linear layers" in server.output()

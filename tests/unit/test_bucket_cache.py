@@ -5,6 +5,7 @@ import torch
 from transformers import DynamicCache
 
 from server.engine.kv.bucket_cache import BucketCache, bucket_widths, capacity_for, width_for
+from server.engine.kv.kv_format import KvFormat
 from tests.toy import tiny_llama
 
 
@@ -40,7 +41,7 @@ def row(length: int, seed: int) -> DynamicCache:
 
 def test_rows_join_extract_and_leave_exactly():
     config = tiny_llama().config
-    cache = BucketCache(config, torch.device("cpu"), torch.float32, context_length=500)
+    cache = BucketCache(config, torch.device("cpu"), KvFormat("auto", torch.float32), context_length=500)
     first, second = row(40, 1), row(300, 2)
     cache.join("a", first)
     cache.join("b", second)
@@ -63,7 +64,7 @@ def test_rows_join_extract_and_leave_exactly():
 
 def test_a_failed_step_is_undone():
     config = tiny_llama().config
-    cache = BucketCache(config, torch.device("cpu"), torch.float32, context_length=500)
+    cache = BucketCache(config, torch.device("cpu"), KvFormat("auto", torch.float32), context_length=500)
     cache.join("a", row(255, 1))  # full after the next step: it moves up then
     before = cache.checkpoint()
     batch = cache.advance({"a": 7}, padded=False)
@@ -82,7 +83,7 @@ def test_capacities_step_by_about_the_square_root_of_two():
 
 def test_a_bucket_grows_and_shrinks_by_capacity_steps_and_a_leaving_row_makes_room_for_the_last():
     config = tiny_llama().config
-    cache = BucketCache(config, torch.device("cpu"), torch.float32, context_length=500)
+    cache = BucketCache(config, torch.device("cpu"), KvFormat("auto", torch.float32), context_length=500)
     rows = {name: row(10 + i, i) for i, name in enumerate("abcde")}
     generations = []
     for name, source in rows.items():
@@ -109,7 +110,7 @@ def test_a_bucket_grows_and_shrinks_by_capacity_steps_and_a_leaving_row_makes_ro
 
 def test_a_padded_batch_feeds_every_slot_and_an_eager_one_only_the_rows():
     config = tiny_llama().config
-    cache = BucketCache(config, torch.device("cpu"), torch.float32, context_length=500)
+    cache = BucketCache(config, torch.device("cpu"), KvFormat("auto", torch.float32), context_length=500)
     lengths = {"a": 10, "b": 20, "c": 30, "d": 40, "e": 50, "long": 300}
     for name, length in lengths.items():
         cache.join(name, row(length, length))

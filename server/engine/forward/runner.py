@@ -16,6 +16,7 @@ from server.engine.forward.decode_graphs import CaptureFailed, DecodeGraphs
 from server.engine.forward.decode_step import DecodeStep
 from server.engine.forward.serving_model import prepare_for_serving
 from server.engine.kv.bucket_cache import BucketCache
+from server.engine.kv.kv_format import KvFormat
 from server.engine.kv.prefix_cache import PrefixCache
 from server.engine.kv.rope_shift import rope_frequencies, shifted_keys
 from server.engine.kv.step_layout import DecodeBatch
@@ -42,29 +43,32 @@ class ModelRunner:
         context_length: int | None = None,
         captured: bool = False,
         packed_weights: bool = True,
+        kv_cache_dtype: str = "auto",
     ) -> None:
         """`captured`: decode steps run as captured graphs of padded batches (on the CPU: the same padded step,
-        uncaptured); `use_eager` turns that off. `packed_weights`: see serving_model.prepare_for_serving."""
+        uncaptured); `use_eager` turns that off. `packed_weights`: see serving_model.prepare_for_serving.
+        `kv_cache_dtype`: how the KV cache stores keys and values (kv/kv_format.py)."""
         self.model = model  # read by the test servers that inject faults into its forward
         self._device = device
         prepare_for_serving(model, device, packed_weights=packed_weights)
         context_length = context_length or model.config.max_position_embeddings
-        self._batch = BucketCache(model.config, device, model.dtype, context_length)
+        self._format = KvFormat(kv_cache_dtype, model.dtype)
+        self._batch = BucketCache(model.config, device, self._format, context_length)
         self._step = DecodeStep(model, device)
         self._graphs = DecodeGraphs(self._step, device) if captured else None
         self._pending: dict[str, _Prefill] = {}
-        self._prefixes = PrefixCache(prefix_budget_tokens, self._key_shifter(model))
+        self._prefixes = PrefixCache(prefix_budget_tokens, self._key_shifter(model, self._format))
         self.prefilled_tokens = 0
         self.reused_tokens = 0  # prompt tokens whose cache was the prefix cache's, in place
         self.shifted_tokens = 0  # prompt tokens whose cache the prefix cache held elsewhere (cache reuse)
 
     @staticmethod
-    def _key_shifter(model: PreTrainedModel) -> Callable[[torch.Tensor, int], torch.Tensor] | None:
-        """How cached keys move to other positions (cache reuse); None for a model without RoPE."""
+    def _key_shifter(model: PreTrainedModel, kv_format: KvFormat) -> Callable[[torch.Tensor, int], torch.Tensor] | None:
+        """How stored keys move to other positions (cache reuse); None for a model without RoPE."""
         frequencies = rope_frequencies(model)
         if frequencies is None:
             return None
-        return lambda keys, shift: shifted_keys(keys, shift, frequencies)
+        return lambda keys, shift: kv_format.encode(shifted_keys(kv_format.decode(keys), shift, frequencies))
 
     @property
     def decode_mode(self) -> str:
@@ -95,8 +99,9 @@ class ModelRunner:
         """Begins a prompt from the longest cached prefix (and, with `cache_reuse` > 0, the cached runs of at least
         that many tokens after it, moved into place); `prefill_chunk` runs the rest. Returns how many were
         moved."""
-        cache, reused, shifted = self._prefixes.take(token_ids, cache_reuse)
-        start = cache or DynamicCache(config=self.model.config)
+        stored, reused, shifted = self._prefixes.take(token_ids, cache_reuse)
+        config = self.model.config
+        start = self._format.new_cache(config) if stored is None else self._format.decoded_cache(stored, config)
         self._pending[sample_id] = _Prefill(start, token_ids, reused + shifted)
         self.reused_tokens += reused
         self.shifted_tokens += shifted

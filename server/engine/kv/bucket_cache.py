@@ -27,6 +27,7 @@ import torch
 from transformers import DynamicCache, PreTrainedConfig
 from transformers.cache_utils import DynamicLayer
 
+from server.engine.kv.kv_format import KvFormat
 from server.engine.kv.step_layout import BucketStep, DecodeBatch
 
 # The narrowest bucket, in tokens; each next one is about sqrt(2) wider, rounded to this multiple.
@@ -64,7 +65,7 @@ class _Bucket:
     width: int
     rows: list[str] = field(default_factory=list)  # the first slots' rows, in slot order
     lengths: list[int] = field(default_factory=list)  # real positions of each row
-    keys: list[torch.Tensor] = field(default_factory=list)  # per layer: [capacity, kv heads, width, head dim]
+    keys: list[torch.Tensor] = field(default_factory=list)  # per layer: [capacity, kv heads, width, stored width]
     values: list[torch.Tensor] = field(default_factory=list)
     generation: int = 0
 
@@ -78,13 +79,17 @@ class BucketCheckpoint(NamedTuple):
 
 
 class BucketCache:
-    def __init__(self, config: PreTrainedConfig, device: torch.device, dtype: torch.dtype, context_length: int) -> None:
+    def __init__(
+        self, config: PreTrainedConfig, device: torch.device, kv_format: KvFormat, context_length: int
+    ) -> None:
+        """`kv_format`: how keys and values are stored (kv_format.py)."""
         self._config = config
         self._device = device
-        self._dtype = dtype
+        self._format = kv_format
         self._layers = config.num_hidden_layers
         self._heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-        self._head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        self._stored_width = kv_format.stored_width(head_dim)
         self.widths = bucket_widths(context_length)
         self._buckets = [_Bucket(width) for width in self.widths]
 
@@ -113,10 +118,11 @@ class BucketCache:
         return bucket.lengths[slot]
 
     def join(self, sample_id: str, cache: DynamicCache) -> None:
-        """Adds a prefilled sequence (its own cache, all positions real)."""
+        """Adds a prefilled sequence (its own cache in the model's dtype, all positions real)."""
         length = cache.get_seq_length()
         keys, values = layer_tensors(cache)
-        self._insert(sample_id, length, keys, values)
+        encode = self._format.encode
+        self._insert(sample_id, length, [encode(k) for k in keys], [encode(v) for v in values])
 
     def duplicate(self, source_id: str, sample_id: str) -> None:
         """A second sample of a prompt starts from a copy of its row."""
@@ -129,7 +135,7 @@ class BucketCache:
         bucket.lengths[slot] = length
 
     def extract(self, sample_id: str) -> DynamicCache:
-        """A standalone cache of one row's positions (for the prefix cache)."""
+        """A standalone cache of one row's positions as stored (for the prefix cache)."""
         bucket, slot = self._find(sample_id)
         length = bucket.lengths[slot]
         extracted = DynamicCache(config=self._config)
@@ -179,7 +185,7 @@ class BucketCache:
             span = bucket.width if padded else max(bucket.lengths)
             steps.append(BucketStep(bucket.keys, bucket.values, start, count, span))
             shape.append((bucket.width, count, bucket.generation))
-        return DecodeBatch(row_of, torch.tensor([fed, positions]), steps, tuple(shape))
+        return DecodeBatch(row_of, torch.tensor([fed, positions]), steps, tuple(shape), self._format)
 
     def _find(self, sample_id: str) -> tuple[_Bucket, int]:
         for bucket in self._buckets:
@@ -188,12 +194,12 @@ class BucketCache:
         raise KeyError(sample_id)
 
     def _row(self, bucket: _Bucket, slot: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """A row's keys and values per layer, [1, kv heads, width, head dim] views of its slot."""
+        """A row's stored keys and values per layer, [1, kv heads, width, stored width] views of its slot."""
         return [k[slot : slot + 1] for k in bucket.keys], [v[slot : slot + 1] for v in bucket.values]
 
     def _insert(self, sample_id: str, length: int, keys: list[torch.Tensor], values: list[torch.Tensor]) -> None:
-        """Adds a row of `length` positions (`keys`/`values` per layer, [1, heads, >= length, head dim]) to the
-        narrowest bucket holding them and the next one."""
+        """Adds a row of `length` positions (stored `keys`/`values` per layer, [1, heads, >= length, stored
+        width]) to the narrowest bucket holding them and the next one."""
         bucket = self._buckets[self.widths.index(width_for(length + 1, self.widths))]
         if len(bucket.rows) == bucket.capacity:
             self._resize(bucket, capacity_for(len(bucket.rows) + 1))
@@ -235,7 +241,8 @@ class BucketCache:
         bucket.generation = next(_generations)
 
     def _resized(self, old: torch.Tensor | None, kept: int, capacity: int, width: int) -> torch.Tensor:
-        resized = torch.empty((capacity, self._heads, width, self._head_dim), device=self._device, dtype=self._dtype)
+        shape = (capacity, self._heads, width, self._stored_width)
+        resized = torch.empty(shape, device=self._device, dtype=self._format.storage_dtype)
         if old is not None:
             resized[:kept] = old[:kept]
         # Zeros, not leftover memory, in the free slots: a stale column is masked, but a masked NaN would still

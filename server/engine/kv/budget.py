@@ -6,7 +6,6 @@ admitting one needs room, prefix-cache entries are evicted; a request whose room
 """
 
 from dataclasses import dataclass
-from typing import Any
 
 # Generated tokens a request is counted for beyond its prompt when it asks for more (or names no max_tokens):
 # such a request may outgrow that, and an out-of-memory error then fails it alone.
@@ -31,11 +30,3 @@ class KvBudget:
     def of(cls, budget_bytes: int, bytes_per_token: int, prefix_cache_mb: int) -> "KvBudget":
         tokens = budget_bytes // bytes_per_token
         return cls(bytes_per_token, tokens, min(prefix_cache_mb * 2**20 // bytes_per_token, tokens))
-
-
-def kv_bytes_per_token(config: Any, itemsize: int) -> int:
-    """Bytes of KV cache one token takes: keys and values of every layer, `itemsize` bytes each (a model
-    config of transformers)."""
-    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    return 2 * config.num_hidden_layers * heads * head_dim * itemsize

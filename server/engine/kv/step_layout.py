@@ -12,11 +12,13 @@ from typing import NamedTuple
 
 import torch
 
+from server.engine.kv.kv_format import KvFormat
+
 
 class BucketStep(NamedTuple):
     """One bucket's part of a decode batch."""
 
-    keys: list[torch.Tensor]  # per layer, the bucket's whole tensor [capacity, kv heads, width, head dim]
+    keys: list[torch.Tensor]  # per layer, the bucket's whole tensor [capacity, kv heads, width, stored width]
     values: list[torch.Tensor]
     start: int  # its first row in the batch
     rows: int  # its rows in the batch (padded: every slot)
@@ -30,6 +32,7 @@ class DecodeBatch(NamedTuple):
     inputs: torch.Tensor  # [2, batch] on the CPU: each row's token and position (padding rows: 0, 0)
     buckets: list[BucketStep]
     shape: tuple  # what a padded step's shapes and addresses depend on: each bucket's (width, rows, generation)
+    kv_format: KvFormat  # how the buckets store keys and values
 
 
 class _Part(NamedTuple):
@@ -42,6 +45,7 @@ class _Part(NamedTuple):
 class StepLayout:
     def __init__(self, batch: DecodeBatch, positions: torch.Tensor) -> None:
         """`positions`: the batch's positions, on the device (the second row of its inputs)."""
+        self._format = batch.kv_format
         self._parts = []
         for bucket in batch.buckets:
             columns = positions[bucket.start : bucket.start + bucket.rows]
@@ -52,20 +56,21 @@ class StepLayout:
 
     def write(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> None:
         """Stores every row's new key and value ([batch, kv heads, 1, head dim]) at its position."""
+        keys, values = self._format.encode(keys[:, :, 0]), self._format.encode(values[:, :, 0])
         for part in self._parts:
             rows = slice(part.bucket.start, part.bucket.start + part.bucket.rows)
-            stored = part.bucket.keys[layer]
-            stored[part.slots, :, part.columns] = keys[rows, :, 0].to(stored.dtype)
-            part.bucket.values[layer][part.slots, :, part.columns] = values[rows, :, 0].to(stored.dtype)
+            part.bucket.keys[layer][part.slots, :, part.columns] = keys[rows]
+            part.bucket.values[layer][part.slots, :, part.columns] = values[rows]
 
     def groups(self, layer: int) -> list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """For each bucket: its first row in the batch, and its keys, values and mask over the columns its
-        attention reads ([rows, kv heads, span, head dim] and [rows, 1, 1, span])."""
+        """For each bucket: its first row in the batch, and its keys, values (in the model's dtype) and mask over
+        the columns its attention reads ([rows, kv heads, span, head dim] and [rows, 1, 1, span])."""
+        decode = self._format.decode
         return [
             (
                 part.bucket.start,
-                part.bucket.keys[layer][: part.bucket.rows, :, : part.bucket.span],
-                part.bucket.values[layer][: part.bucket.rows, :, : part.bucket.span],
+                decode(part.bucket.keys[layer][: part.bucket.rows, :, : part.bucket.span]),
+                decode(part.bucket.values[layer][: part.bucket.rows, :, : part.bucket.span]),
                 part.mask,
             )
             for part in self._parts

@@ -29,6 +29,7 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     context_length: int
+    weights_bytes: int = 0  # parameters and buffers as loaded (quantized)
     quantization: QuantizationReport | None = None
 
 
@@ -93,8 +94,15 @@ def load(spec: ModelSpec) -> LoadedModel:
         device=device,
         dtype=dtype,
         context_length=model.config.max_position_embeddings,
+        weights_bytes=model_bytes(model),
         quantization=report,
     )
+
+
+def model_bytes(model: torch.nn.Module) -> int:
+    """Bytes of a model's parameters and buffers (a tied weight counted once)."""
+    tensors = {tensor.data_ptr(): tensor for tensor in [*model.parameters(), *model.buffers()]}
+    return sum(tensor.numel() * tensor.element_size() for tensor in tensors.values())
 
 
 def _apply_adapter(model: PreTrainedModel, adapter: str, *, merge: bool, base: str) -> PreTrainedModel:
