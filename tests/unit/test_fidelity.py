@@ -55,3 +55,11 @@ def test_a_sillytavern_export_becomes_the_format(tmp_path):
         "::::user: Let's engage together in a roleplay.\n\n"
         "::::assistant:Mira: Mira waved.\n\n::::user:Anon: Anon waved back."
     )
+
+
+def test_an_8_bit_kv_cache_changes_the_model_a_little_and_is_measured():
+    """int8 keys and values with a scale per token and head: within 1 % perplexity (the issue's bound)."""
+    result = measure(ModelSpec(), "none", SAMPLE.read_text()[:1500], window=256, kv_cache_dtype="int8")
+    row = result["all_tokens"]
+    assert result["kv_cache_dtype"] == "int8"
+    assert 0 < row["mean_kl"] < 0.01 and row["top1_agreement"] > 0.9 and abs(row["perplexity_ratio"] - 1) < 0.01
