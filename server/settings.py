@@ -103,12 +103,14 @@ class Settings(BaseSettings):
         "(checked against eager at start-up; on any failure the server warns and runs eager), `eager` runs every "
         "operation each step, `auto` is captured on CUDA and eager on CPU (where there are no graphs to replay).",
     )
-    quantization: Literal["none", "int8", "int4"] = Field(
+    quantization: Literal["none", "int8", "int4", "fp8"] = Field(
         "none",
         description="Weights of the decoder's linear layers, quantized after the adapter is merged: `int8` keeps "
         "one byte per weight with a scale per output channel, `int4` half a byte with a scale and an offset per "
         "group of `--int4-group-size` input columns (activations, embeddings and the LM head stay in "
-        "`--dtype`); checked at start-up against the unquantized model on a probe text (its KL divergence is "
+        "`--dtype`), `fp8` one byte per weight (e4m3, a scale per output channel) with activations in e4m3 too "
+        "(a scale per token), on GPUs with fp8 products only (compute capability 8.9: Ada, Hopper, Blackwell); "
+        "checked at start-up against the unquantized model on a probe text (its KL divergence is "
         "logged and in `/health`), a broken result stops the start. `none`: as loaded. Measure the loss on your "
         "weights with `python -m bench.fidelity`.",
     )

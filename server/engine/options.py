@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
-QUANTIZATIONS = ("none", "int8", "int4")
+QUANTIZATIONS = ("none", "int8", "int4", "fp8")
 INT4_GROUP_SIZES = (256, 128, 64, 32)  # what torch's int4 kernels take
 # The model served when none is configured (model/default_model.py) and the name it is served under.
 EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"

@@ -79,3 +79,15 @@ def test_quantizing_an_unmerged_adapter(foreign_adapter):
 
 def test_an_int4_group_size_the_kernels_do_not_take():
     assert_one_line_error(start("--quantization", "int4", "--int4-group-size", "100"), "unknown int4 group size 100")
+
+
+def test_fp8_weights_where_there_are_no_fp8_products():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert_one_line_error(
+        start("--quantization", "fp8"), "fp8 products (Ada, Hopper, Blackwell), not cpu: use --quantization none, int8"
+    )
+
+
+def test_unknown_kv_cache_dtype():
+    assert_one_line_error(start("--kv-cache-dtype", "int4"), "kv_cache_dtype", status=2)

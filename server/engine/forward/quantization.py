@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
+from server.engine.forward.fp8_linear import quantize_decoder_layers_fp8
 from server.engine.forward.int4_linear import quantize_decoder_layers_int4
 from server.engine.forward.int8_linear import compute_dtype, quantize_decoder_layers
 from server.engine.options import ModelLoadError
@@ -22,9 +23,10 @@ from server.engine.text.vocabulary import Vocabulary
 log = logging.getLogger(__name__)
 
 # (largest mean KL divergence in nats, smallest top-1 agreement) a method must keep on the probe. int8's bounds
-# are its quality; int4's only catch a broken result: 4 bits in groups cost a small model real quality (the
-# embedded one: mean KL 0.3 nats, perplexity x1.3 with groups of 128), which the log and /health report.
-BOUNDS = {"int8": (0.05, 0.9), "int4": (1.0, 0.5)}
+# are its quality; int4's and fp8's only catch a broken result: 4 bits in groups, or 3 mantissa bits in weights
+# and activations, cost a small model real quality (the embedded one on the probe: int4 with groups of 128 mean
+# KL 0.3 nats; fp8 0.035 and 86 % top-1), which the log and /health report.
+BOUNDS = {"int8": (0.05, 0.9), "int4": (1.0, 0.5), "fp8": (0.2, 0.7)}
 PROBE = (
     "::::user: Let's engage together in a roleplay.\n\n# Characters\n\n## Mira\nA cartographer who trusts maps "
     "more than people.\n\n## Corin\nHer apprentice, restless and curious.\n\n# Scenario\nA storm keeps them in "
@@ -50,9 +52,7 @@ def quantize(
     ids = torch.tensor([vocabulary.encode(PROBE, add_bos=True)], device=model.device)
     with torch.inference_mode():
         before = model(input_ids=ids).logits[0].float()
-        layers = (
-            quantize_decoder_layers(model) if method == "int8" else quantize_decoder_layers_int4(model, int4_group_size)
-        )
+        layers = _quantize_layers(model, method, int4_group_size)
         after = model(input_ids=ids).logits[0].float()
     report = QuantizationReport(method, layers, *agreement(before, after))
     problem = _problem(report, after)
@@ -68,9 +68,18 @@ def quantize(
     return report
 
 
+def _quantize_layers(model: PreTrainedModel, method: str, int4_group_size: int) -> int:
+    if method == "int8":
+        return quantize_decoder_layers(model)
+    if method == "fp8":
+        return quantize_decoder_layers_fp8(model)
+    return quantize_decoder_layers_int4(model, int4_group_size)
+
+
 def activation_dtype(method: str, dtype: torch.dtype, device: torch.device) -> torch.dtype:
-    """The least precise dtype a `method` model's forward computes in (the captured-decode check's tolerance)."""
-    return torch.bfloat16 if method == "int4" else compute_dtype(dtype, device)
+    """The least precise dtype a `method` model's forward computes in (the captured-decode check's tolerance;
+    fp8 products count as bfloat16's: their codes are rounded, the sums are not)."""
+    return torch.bfloat16 if method in ("int4", "fp8") else compute_dtype(dtype, device)
 
 
 def agreement(reference: torch.Tensor, other: torch.Tensor) -> tuple[float, float]:

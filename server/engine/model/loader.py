@@ -9,6 +9,7 @@ from typing import TypeVar, cast
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from server.engine.forward.fp8_linear import fp8_problem
 from server.engine.forward.quantization import QuantizationReport, quantize
 from server.engine.model import default_model
 from server.engine.options import ModelLoadError, ModelSpec, local_or_hub, served_name
@@ -71,6 +72,8 @@ def load(spec: ModelSpec) -> LoadedModel:
     started = time.monotonic()
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
+    if spec.quantization == "fp8" and (problem := fp8_problem(device)):
+        raise ModelLoadError(problem)
     adapter = local_or_hub(spec.adapter, "adapter", "adapter_config.json") if spec.adapter else None
     source = base_model_source(spec)
     log.info("loading base model %s on %s (%s)", source, device, str(dtype).removeprefix("torch."))
