@@ -59,7 +59,8 @@ def fp8_problem(device: torch.device) -> str | None:
     """Why `--quantization fp8` cannot serve on `device`, or None where it can."""
     choices = "use --quantization none, int8 or int4 there"
     if device.type != "cuda":
-        return f"--quantization fp8 needs an NVIDIA GPU with fp8 products (Ada, Hopper, Blackwell), not {device}: {choices}"
+        gpus = "an NVIDIA GPU with fp8 products (Ada, Hopper, Blackwell)"
+        return f"--quantization fp8 needs {gpus}, not {device}: {choices}"
     major, minor = torch.cuda.get_device_capability(device)
     if (major, minor) < FP8_COMPUTE_CAPABILITY:
         name = torch.cuda.get_device_name(device)
