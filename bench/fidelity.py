@@ -8,11 +8,12 @@ distributions against the unquantized model's.
 The same model flags as the server (the adapter merged first, then quantized, as the server does it, its
 load-time check included). With an 8-bit `--kv-cache-dtype` the compared model reads its keys and values as the
 server's 8-bit cache gives them back (its own positions' too, as the server's prefill does). The text:
-`bench/data/roleplay_sample.txt` (written for this project), a text of your own in the `::::` format, or a SillyTavern chat export (`.jsonl`). Printed, for every token and for the
-first tokens after each label (where a speaker's voice starts): mean and 99th-percentile KL divergence
-(nats), top-1 agreement, and the perplexity ratio (quantized / unquantized). How to read it: KL near 0.001 and
-top-1 above 98 % is a change you will not see in a story; a perplexity ratio above 1.01 is a measurable loss;
-the after-label numbers are the ones that decide how a character sounds.
+`bench/data/roleplay_sample.txt` (written for this project), a text of your own in the `::::` format, or a
+SillyTavern chat export (`.jsonl`). Printed, for every token and for the first tokens after each label (where a
+speaker's voice starts): mean and 99th-percentile KL divergence (nats), top-1 agreement, and the perplexity
+ratio (quantized / unquantized). How to read it: KL near 0.001 and top-1 above 98 % is a change you will not see
+in a story; a perplexity ratio above 1.01 is a measurable loss; the after-label numbers are the ones that decide
+how a character sounds.
 """
 
 import argparse
