@@ -8,12 +8,13 @@ in the same run.
 Measures: copy bandwidth; single-stream decode tokens/s at 2k and 8k context; aggregate decode tokens/s at 8 and
 32 streams (2k context each) with the default decode mode (captured on CUDA, after its self-check); prefill
 tokens/s at 8k; the same decode figures with `generate()`; the engine with `--decode-mode eager` at 1 and 32
-streams; a random LoRA adapter merged against unmerged; the merged model with `--quantization int8` and `int4` (weight
-bytes, self-check, decode at 1 and 32 streams); the captured step's self-check (captured against eager
-logits); and bench/roofline.py's scenarios run for real on both decode paths (the decode step's measured time
-against the roofline's H100 prediction, with its launches counted on the card). The ceiling of a decode step is
-(weight bytes + KV bytes it reads) over the copy bandwidth. Every stream of ours runs through the engine with the
-model card's samplers (min-p and DRY).
+streams; a random LoRA adapter merged against unmerged; the merged model with `--quantization int8`, `int4` and
+`fp8` (where the card has fp8 products) and with `--kv-cache-dtype int8` (weight bytes, bytes allocated on the
+card, the engine's KV bytes a token and chats held, self-check, decode at 1 and 32 streams); the captured step's
+self-check (captured against eager logits); and bench/roofline.py's scenarios run for real on both decode paths
+(the decode step's measured time against the roofline's H100 prediction, with its launches counted on the card).
+The ceiling of a decode step is (weight bytes + KV bytes it reads) over the copy bandwidth. Every stream of ours
+runs through the engine with the model card's samplers (min-p and DRY).
 Prints a table and writes JSON (default bench/results/gpu-<device>.json).
 """
 
@@ -33,6 +34,7 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from bench.roofline import LLAMA_3_1_8B, PATHS, SCENARIOS, count_step, predicted_row, time_step
 from sampling import SamplingParams
 from server.engine.engine import Engine
+from server.engine.forward.fp8_linear import fp8_problem, quantize_decoder_layers_fp8
 from server.engine.forward.int4_linear import quantize_decoder_layers_int4
 from server.engine.forward.int8_linear import quantize_decoder_layers
 from server.engine.forward.quantization import activation_dtype
@@ -187,10 +189,18 @@ def ceiling(weight_bytes: int, kv_per_token: int, streams: int, context: int, ba
     return streams * bandwidth / (weight_bytes + streams * context * kv_per_token)
 
 
-def new_engine(loaded: LoadedModel, max_running: int, decode_mode: str = "auto") -> Engine:
+def new_engine(
+    loaded: LoadedModel, max_running: int, decode_mode: str = "auto", kv_cache_dtype: str = "auto"
+) -> Engine:
     # No prefix cache: every measurement is cold.
     # Weights as built (no CPU packing, a no-op on CUDA): the same model object serves several engines and the LoRA.
-    options = EngineOptions(max_running=max_running, prefix_cache_mb=0, decode_mode=decode_mode, packed_weights=False)
+    options = EngineOptions(
+        max_running=max_running,
+        prefix_cache_mb=0,
+        decode_mode=decode_mode,
+        packed_weights=False,
+        kv_cache_dtype=kv_cache_dtype,
+    )
     engine = Engine(loaded, options)
     engine.start()
     return engine
@@ -219,18 +229,26 @@ def self_check(loaded: LoadedModel) -> dict:
     return {"problem": problem, "seconds": round(time.perf_counter() - started, 2)}
 
 
-def quantized_rates(loaded: LoadedModel, tokens: int, method: str) -> dict:
-    """`--quantization int8` or `int4` (groups of 128) on the same (merged) weights, in place: weight bytes, the
-    captured step's self-check, and decode tokens/s at 1 and 32 streams (2k context)."""
-    if method == "int8":
-        layers = quantize_decoder_layers(loaded.model)
-    else:
-        layers = quantize_decoder_layers_int4(loaded.model, 128)
+QUANTIZE = {
+    "int8": quantize_decoder_layers,
+    "int4": lambda model: quantize_decoder_layers_int4(model, 128),
+    "fp8": quantize_decoder_layers_fp8,
+}
+
+
+def quantized_rates(loaded: LoadedModel, tokens: int, method: str = "none", kv_cache_dtype: str = "auto") -> dict:
+    """`--quantization int8`, `int4` (groups of 128) or `fp8` on the same (merged) weights, in place, and/or an
+    8-bit KV cache: weight bytes, bytes allocated on the card with the engine up, its memory plan, the captured
+    step's self-check (standalone for weights; the engine's own start-up check for the KV cache: its decode mode
+    says whether it passed), and decode tokens/s at 1 and 32 streams (2k context)."""
+    if method == "fp8" and (problem := fp8_problem(loaded.device)):
+        return {"skipped": problem}
+    layers = QUANTIZE[method](loaded.model) if method != "none" else 0
     tensors = [*loaded.model.parameters(), *loaded.model.buffers()]
     weight_bytes = sum(t.numel() * t.element_size() for t in tensors)
     precision = activation_dtype(method, loaded.dtype, loaded.device)
-    check = self_check(LoadedModel(**{**loaded.__dict__, "dtype": precision}))
-    engine = new_engine(loaded, max_running=32)
+    check = self_check(LoadedModel(**{**loaded.__dict__, "dtype": precision})) if method != "none" else None
+    engine = new_engine(loaded, max_running=32, kv_cache_dtype=kv_cache_dtype)
     try:
         ours(engine, 1, 256, 8, seed=0)
         rates = {
@@ -239,9 +257,21 @@ def quantized_rates(loaded: LoadedModel, tokens: int, method: str) -> dict:
             )
             for streams in (1, 32)
         }
+        allocated = torch.cuda.memory_allocated(loaded.device) if loaded.device.type == "cuda" else None
+        plan, decode_mode = engine.memory_plan, engine.stats.decode_mode
+        kv = {"bytes_per_token": plan.kv_bytes_per_token, "budget_gb": round(plan.kv_budget_bytes / 1e9, 2)}
+        kv[f"chats_of_{plan.chat_tokens}"] = plan.chats
     finally:
         engine.shutdown()
-    return {"layers": layers, "weight_gb": round(weight_bytes / 1e9, 2), "self_check": check, "decode_2k": rates}
+    return {
+        "layers": layers,
+        "weight_gb": round(weight_bytes / 1e9, 2),
+        "allocated_gb": None if allocated is None else round(allocated / 1e9, 2),
+        "kv": kv,
+        "decode_mode": decode_mode,
+        "self_check": check,
+        "decode_2k": rates,
+    }
 
 
 def add_random_lora(model: LlamaForCausalLM, rank: int = 16):
@@ -348,8 +378,11 @@ def main() -> None:
             lora[label] = ours(lora_engine, 1, 2048, args.tokens, seed=5)["decode_tokens_per_s"]
         finally:
             lora_engine.shutdown()
+    merged = LoadedModel(**{**loaded.__dict__, "model": model})
+    kv_int8 = quantized_rates(merged, args.tokens, kv_cache_dtype="int8")
     int4 = quantized_rates(LoadedModel(**{**loaded.__dict__, "model": copy.deepcopy(model)}), args.tokens, "int4")
-    int8 = quantized_rates(LoadedModel(**{**loaded.__dict__, "model": model}), args.tokens, "int8")
+    fp8 = quantized_rates(LoadedModel(**{**loaded.__dict__, "model": copy.deepcopy(model)}), args.tokens, "fp8")
+    int8 = quantized_rates(merged, args.tokens, "int8")
 
     result = {
         "device": card,
@@ -364,6 +397,8 @@ def main() -> None:
         "lora_decode_tokens_per_s": {k: round(v, 1) for k, v in lora.items()},
         "int8": int8,
         "int4": int4,
+        "fp8": fp8,
+        "kv_int8": kv_int8,
         "decode_mode": decode_mode,
         "self_check": check,
         "eager_decode_tokens_per_s_2k": eager,
@@ -384,7 +419,7 @@ def main() -> None:
     print(
         f"prefill at 8k: {result['prefill_tokens_per_s_8k']} tokens/s; 32 streams / 1 stream at 2k: "
         f"{result['aggregate_32_over_single_2k']}x; LoRA decode (1 stream, 2k): {result['lora_decode_tokens_per_s']}; "
-        f"int8: {int8}; int4: {int4}"
+        f"int8: {int8}; int4: {int4}; fp8: {fp8}; bf16 weights with int8 KV: {kv_int8}"
         f"; {result['seconds']} s in all"
     )
     out = args.out or RESULTS / f"gpu-{card.replace(' ', '-').lower()}-{args.size}.json"

@@ -9,6 +9,11 @@ on the widths. Bytes are computed for the real widths in bf16: the weights a ste
 bytes / 3.0 TB/s plus 5 us per launch outside a captured graph; the ceiling is the real bytes (weights + real
 tokens' KV) over the bandwidth.
 
+A second table puts the quantizations on the captured path of 1x2k and 32x2k: each `--quantization`'s weight
+bytes (codes and scales as the layers store them) and each `--kv-cache-dtype`'s KV traffic. An 8-bit KV cache is
+read as its bytes, then written and read again in bfloat16 (attention decodes each bucket's keys and values before
+SDPA reads them): it holds half the bytes but moves about 2.5 times as many per step as bfloat16.
+
 Two decode paths over the width-bucketed batch cache side by side: "eager" (`--decode-mode eager`, the default on
 CPU: every operator launched, each bucket's attention reading up to its longest row) and "captured" (the default
 on CUDA: each bucket padded to its capacity and read over its whole width, the forward one CUDA graph replay; what
@@ -40,7 +45,8 @@ from sampling.sampler import Sampler
 from server.engine.forward.decode_graphs import DecodeGraphs
 from server.engine.forward.runner import ModelRunner
 from server.engine.kv.bucket_cache import bucket_widths, capacity_for, width_for
-from server.engine.kv.kv_format import KvFormat
+from server.engine.kv.kv_format import KV_CACHE_DTYPES, KvFormat
+from server.engine.options import QUANTIZATIONS
 from server.engine.text.detokenizer import token_bytes_table, token_texts
 
 LLAMA_3_1_8B = {
@@ -77,12 +83,20 @@ BF16 = 2
 # A captured step outside its graph: the copy of its tokens and positions into the graph's input, the replay.
 CAPTURED_RUN_LAUNCHES = 2
 PATHS = ("eager", "captured")
+# Bits per weight, and bytes of scales (and offsets) per output row of each block of input columns.
+WEIGHT_BITS = {"none": 16, "int8": 8, "fp8": 8, "int4": 4}
+SCALE_BYTES = {"none": 0, "int8": BF16, "fp8": 4, "int4": 2 * BF16}  # int8: bf16 scales; fp8: float32; int4: +offset
+MATRIX_EXTRA_BYTES = {"fp8": 4}  # fp8 layers hold the kernel's unit scale, a float32
+INT4_GROUP = 128
+QUANTIZED_SCENARIOS = ("1x2k", "32x2k")
 
 
 @dataclass(frozen=True)
 class Row:
     scenario: str
     path: str
+    quantization: str
+    kv_cache_dtype: str
     streams: int
     real_tokens: int
     launches_outside_graph: int  # model step and sampling chain together
@@ -113,18 +127,34 @@ def narrow(config: dict, layers: int | None = None) -> LlamaConfig:
     )
 
 
-def weight_bytes(config: dict) -> int:
-    """The weights one decode step reads in bf16: every matrix and norm but the embedding table (a step reads the
-    rows of its tokens only)."""
+def weight_bytes(config: dict, quantization: str = "none") -> int:
+    """The weights one decode step reads: every matrix and norm but the embedding table (a step reads the rows of
+    its tokens only); the decoder's matrices as `quantization` stores them, norms and the LM head in bf16."""
     hidden, inner, vocab = config["hidden_size"], config["intermediate_size"], config["vocab_size"]
     head_dim = hidden // config["num_attention_heads"]
     kv = config["num_key_value_heads"] * head_dim
-    per_layer = 2 * hidden * hidden + 2 * hidden * kv + 3 * hidden * inner + 2 * hidden
-    return BF16 * (config["num_hidden_layers"] * per_layer + hidden + vocab * hidden)
+    shapes = [(hidden, hidden)] * 2 + [(hidden, kv)] * 2 + [(hidden, inner)] * 2 + [(inner, hidden)]
+    per_layer = sum(matrix_bytes(columns, rows, quantization) for columns, rows in shapes) + 2 * hidden * BF16
+    return config["num_hidden_layers"] * per_layer + BF16 * (hidden + vocab * hidden)
+
+
+def matrix_bytes(columns: int, rows: int, quantization: str) -> int:
+    """A [rows, columns] weight's codes and its scales: one per row, per group of INT4_GROUP columns for int4."""
+    blocks = columns // INT4_GROUP if quantization == "int4" else 1
+    codes = columns * rows * WEIGHT_BITS[quantization] // 8
+    return codes + rows * blocks * SCALE_BYTES[quantization] + MATRIX_EXTRA_BYTES.get(quantization, 0)
 
 
 def kv_token_bytes(config: dict, kv_cache_dtype: str = "auto") -> int:
+    """A token's KV as the cache stores it."""
     return KvFormat(kv_cache_dtype, torch.bfloat16).bytes_per_token(LlamaConfig(**config))
+
+
+def kv_step_bytes(config: dict, kv_cache_dtype: str) -> int:
+    """Bytes a decode step moves per KV column it attends: the stored bytes, and for an 8-bit cache the bf16
+    copy attention decodes them into, written and read."""
+    stored = kv_token_bytes(config, kv_cache_dtype)
+    return stored if kv_cache_dtype == "auto" else stored + 2 * kv_token_bytes(config)
 
 
 class LaunchCounter(TorchDispatchMode):
@@ -232,19 +262,30 @@ def count_sampling(sampler_factory: Callable[[int], Sampler], streams: int, hist
     return counter.launches
 
 
-def predicted_row(scenario: str, path: str, lengths: list[int], launches: int, sampling: int, config: dict) -> Row:
-    """Bytes and times for the real widths (see `kv_columns`)."""
-    per_token = kv_token_bytes(config)
+def predicted_row(
+    scenario: str,
+    path: str,
+    lengths: list[int],
+    launches: int,
+    sampling: int,
+    config: dict,
+    quantization: str = "none",
+    kv_cache_dtype: str = "auto",
+) -> Row:
+    """Bytes and times for the real widths (see `kv_columns`), weights and KV stored as the flags say."""
+    per_token = kv_token_bytes(config, kv_cache_dtype)
     streams, real = len(lengths), sum(lengths)
     read_columns, allocated_columns = kv_columns(lengths, path, config["max_position_embeddings"])
-    weights = weight_bytes(config)
+    weights = weight_bytes(config, quantization)
     total_launches = launches + sampling
-    kv_read = read_columns * per_token
+    kv_read = read_columns * kv_step_bytes(config, kv_cache_dtype)
     predicted = (weights + kv_read) / H100_BYTES_PER_SECOND + total_launches * LAUNCH_SECONDS
     ceiling = (weights + real * per_token) / H100_BYTES_PER_SECOND
     return Row(
         scenario=scenario,
         path=path,
+        quantization=quantization,
+        kv_cache_dtype=kv_cache_dtype,
         streams=streams,
         real_tokens=real,
         launches_outside_graph=total_launches,
@@ -282,6 +323,29 @@ def llama3_sampler_factory() -> Callable[[int], Sampler]:
     return lambda slots: Sampler(slots=slots, capacity=16384, vocab=vocab, tokenize=tokenize)
 
 
+def quantized_rows(captured: list[Row]) -> list[dict]:
+    """Each quantization and KV dtype on the captured step of QUANTIZED_SCENARIOS (launches as measured for
+    bf16: the step is one replay either way); printed with its speed-up over bf16 weights and KV."""
+    table = []
+    print(f"\n{'scenario':>8} {'weights':>7} {'KV':>5} {'weights GB':>10} {'KV moved GB':>11} {'predicted ms':>12} "
+          f"{'vs bf16':>7} {'ceiling ms':>10}")  # fmt: skip
+    for base in [row for row in captured if row.scenario in QUANTIZED_SCENARIOS]:
+        lengths = SCENARIOS[base.scenario]
+        launches = base.launches_outside_graph - base.sampling_launches
+        for quantization in QUANTIZATIONS:
+            for kv_cache_dtype in KV_CACHE_DTYPES[:2]:  # fp8 stores the same bytes as int8
+                row = predicted_row(base.scenario, "captured", lengths, launches, base.sampling_launches,
+                                    LLAMA_3_1_8B, quantization, kv_cache_dtype)  # fmt: skip
+                speedup = base.predicted_ms / row.predicted_ms
+                table.append(asdict(row) | {"speedup_vs_bf16": round(speedup, 3)})
+                print(
+                    f"{row.scenario:>8} {quantization:>7} {kv_cache_dtype:>5} {row.weight_bytes / 1e9:>10.2f} "
+                    f"{row.kv_read_bytes / 1e9:>11.2f} {row.predicted_ms:>12.2f} {speedup:>6.2f}x "
+                    f"{row.ceiling_ms:>10.2f}"
+                )
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=list(SCENARIOS))
@@ -308,11 +372,15 @@ def main() -> None:
                 f"{row.real_kv_bytes / 1e9:>11.2f} {row.predicted_ms:>13.2f} {row.ceiling_ms:>11.2f} "
                 f"{row.of_ceiling:>9.0%}"
             )
+    quantized = quantized_rows([row for row in rows if row.path == "captured"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"machine": platform.platform(), "torch": torch.__version__, "h100_bytes_per_second": H100_BYTES_PER_SECOND,
             "launch_seconds": LAUNCH_SECONDS}  # fmt: skip
     args.out.write_text(
-        json.dumps({"meta": meta, "rows": [asdict(r) | {"of_ceiling": r.of_ceiling} for r in rows]}, indent=2)
+        json.dumps(
+            {"meta": meta, "rows": [asdict(r) | {"of_ceiling": r.of_ceiling} for r in rows], "quantized": quantized},
+            indent=2,
+        )
     )
     print(f"wrote {args.out}")
 

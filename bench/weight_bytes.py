@@ -4,7 +4,8 @@ One decoder layer of Llama-3.1-8B's real shapes is built with random bfloat16 we
 quantizes it, and its parameters and buffers are counted; 32 of them plus the embedding table, the final norm and
 the LM head (which stay bfloat16) give the model's bytes. A decode step reads every weight but the embedding
 table once, plus its rows' KV cache: the bytes over an H100's 3.0 TB/s is the step's floor (bench/roofline.py has
-the launches and the KV layout on top of that), for one chat of 2,048 tokens and for 32 of them.
+the launches and the KV layout on top of that), for one chat of 2,048 tokens and for 32 of them. Then each
+`--kv-cache-dtype`'s bytes per token and per chat of 8,192 tokens.
 
     .venv/bin/python -m bench.weight_bytes [--out bench/results/weight_bytes.json]
 """
@@ -18,30 +19,33 @@ from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
 from bench.roofline import H100_BYTES_PER_SECOND, LLAMA_3_1_8B, kv_token_bytes
+from server.engine.forward.fp8_linear import Fp8Linear
 from server.engine.forward.int4_linear import Int4Linear, group_for
-from server.engine.forward.int8_linear import quantize_linear_layers
+from server.engine.forward.int8_linear import Int8Linear
 from server.engine.forward.module_swap import replace_modules
+from server.engine.kv.kv_format import KV_CACHE_DTYPES
+from server.engine.model.loader import model_bytes
 from server.engine.options import QUANTIZATIONS
 
 SCENARIOS = {"1x2k": 1, "32x2k": 32}
 CHAT_TOKENS = 2048
 
 
-def module_bytes(module: torch.nn.Module) -> int:
-    tensors = [*module.parameters(), *module.buffers()]
-    return sum(tensor.numel() * tensor.element_size() for tensor in tensors)
+QUANTIZED_LAYERS = {
+    "int8": Int8Linear,
+    "fp8": Fp8Linear,
+    "int4": lambda linear: Int4Linear(linear, group_for(linear.in_features, 128) or 128),  # the default groups
+}
 
 
 @torch.inference_mode()
 def layer_bytes(config: LlamaConfig, quantization: str) -> int:
+    """One real decoder layer's bytes in bf16, its linear layers quantized as the server does it."""
     layer = LlamaDecoderLayer(config, layer_idx=0).to(torch.bfloat16)
-    if quantization == "int8":
-        quantize_linear_layers(layer)
-    if quantization == "int4":  # groups of 128, the default
-        replace_modules(
-            layer, lambda c: Int4Linear(c, group_for(c.in_features, 128) or 128) if type(c) is torch.nn.Linear else None
-        )
-    return module_bytes(layer)
+    if quantization != "none":
+        make = QUANTIZED_LAYERS[quantization]
+        replace_modules(layer, lambda child: make(child) if type(child) is torch.nn.Linear else None)
+    return model_bytes(layer)
 
 
 def main() -> None:
@@ -72,8 +76,14 @@ def main() -> None:
             f"{quantization:>12} {decoder / 1e9:>10.2f} {(decoder + head) / 1e9:>9.2f} "
             f"{(decoder + head + embedding) / 1e9:>9.2f} {floors['1x2k']:>8.2f} {floors['32x2k']:>8.2f}"
         )
+    kv_rows = []
+    print(f"\n{'KV dtype':>8} {'bytes/token':>11} {'8k chat MB':>10}")
+    for kv_cache_dtype in KV_CACHE_DTYPES:
+        per_token = kv_token_bytes(LLAMA_3_1_8B, kv_cache_dtype)
+        kv_rows.append({"kv_cache_dtype": kv_cache_dtype, "bytes_per_token": per_token})
+        print(f"{kv_cache_dtype:>8} {per_token:>11,} {per_token * 8192 / 1e6:>10.0f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"chat_tokens": CHAT_TOKENS, "rows": rows}, indent=2))
+    args.out.write_text(json.dumps({"chat_tokens": CHAT_TOKENS, "rows": rows, "kv": kv_rows}, indent=2))
     print(f"wrote {args.out}")
 
 

@@ -28,7 +28,7 @@ from server.engine.kv.budget import KvBudget, reservation
 from server.engine.kv.kv_format import KvFormat
 from server.engine.kv.memory import kv_budget_bytes, release_free_host_memory
 from server.engine.memory_plan import PLAN_CHAT_TOKENS, MemoryPlan, chats_that_fit
-from server.engine.model.loader import LoadedModel
+from server.engine.model.loader import LoadedModel, model_bytes
 from server.engine.options import EngineOptions, ModelLoadError
 from server.engine.output_processor import BackOff, Ending, OutputProcessor
 from server.engine.request import GenerationError, GenerationRequest
@@ -92,6 +92,7 @@ class Engine:
         self.kv_budget = KvBudget.of(
             budget_bytes, kv_format.bytes_per_token(loaded.model.config), options.prefix_cache_mb
         )
+        weights_bytes = model_bytes(loaded.model)  # before the runner lays the weights out for its kernels
         self.context_length = context_length(loaded, options.max_model_len)
         self._device = loaded.device
         self._request_timeout = options.request_timeout
@@ -110,7 +111,7 @@ class Engine:
         )
         chat_tokens = min(PLAN_CHAT_TOKENS, self.context_length)
         self.memory_plan = MemoryPlan(
-            weights_bytes=loaded.weights_bytes,
+            weights_bytes=weights_bytes,
             quantization=loaded.quantization.method if loaded.quantization else "none",
             kv_cache_dtype=options.kv_cache_dtype,
             kv_bytes_per_token=self.kv_budget.bytes_per_token,

@@ -3,17 +3,19 @@ counts' structure (a fixed cost per layer)."""
 
 import pytest
 import torch
-from transformers import LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from bench.roofline import (
     CAPTURED_RUN_LAUNCHES,
     LAUNCH_SECONDS,
     count_step,
+    kv_step_bytes,
     kv_token_bytes,
     narrow,
     predicted_row,
     weight_bytes,
 )
+from bench.weight_bytes import layer_bytes
 
 TINY = {
     "vocab_size": 10,
@@ -32,6 +34,22 @@ def test_weights_and_kv_bytes_by_hand():
     assert weight_bytes(TINY) == 600
     # Keys and values, 2 layers, 1 head of 2 dimensions, bf16.
     assert kv_token_bytes(TINY) == 16
+
+
+def test_8_bit_kv_bytes_by_hand():
+    # Per layer and head one code per dimension and an exponent byte, keys and values: 2 * 2 * (2 + 1) = 12; a
+    # step moves those and writes and reads the bf16 copy attention decodes them into (2 * 16).
+    assert kv_token_bytes(TINY, "int8") == kv_token_bytes(TINY, "fp8") == 12
+    assert (kv_step_bytes(TINY, "auto"), kv_step_bytes(TINY, "int8")) == (16, 12 + 2 * 16)
+
+
+@pytest.mark.parametrize("quantization", ["none", "int8", "int4", "fp8"])
+def test_the_weight_formula_counts_what_the_quantized_layers_hold(quantization):
+    """One real decoder layer, quantized as the server does it, against the formula's per-layer share."""
+    config = {**TINY, "hidden_size": 256, "intermediate_size": 512, "num_attention_heads": 4, "num_key_value_heads": 2}
+    one_layer = {**config, "num_hidden_layers": 1}
+    outside = weight_bytes({**config, "num_hidden_layers": 0}, quantization)  # final norm and LM head
+    assert weight_bytes(one_layer, quantization) - outside == layer_bytes(LlamaConfig(**one_layer), quantization)
 
 
 def test_predicted_step_by_hand():

@@ -30,7 +30,6 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     context_length: int
-    weights_bytes: int = 0  # parameters and buffers as loaded (quantized)
     quantization: QuantizationReport | None = None
 
 
@@ -97,7 +96,6 @@ def load(spec: ModelSpec) -> LoadedModel:
         device=device,
         dtype=dtype,
         context_length=model.config.max_position_embeddings,
-        weights_bytes=model_bytes(model),
         quantization=report,
     )
 
