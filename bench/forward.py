@@ -1,9 +1,11 @@
 """The engine's forward on this machine, in one process, interleaved: a decode step of the engine (the bucketed
 cache, its layout and cache writes) against the bare model forward on transformers' own cache, for each way of
 running the linear layers (`plain`: as loaded; `packed`: the server's default on the CPU; `int8` / `int4`: packed and
-`--quantization int8` / `int4`) and each intra-op thread count; and the prefill of one prompt.
+`--quantization int8` / `int4`; `kv-int8` / `kv-fp8`: packed with `--kv-cache-dtype int8` / `fp8`, the bare
+forward then on the model's dtype as for `packed`) and each intra-op thread count; and the prefill of one prompt.
 
-    .venv/bin/python -m bench.forward [--streams 1 8] [--threads 1 2] [--weights plain packed int8 int4] [--steps 20]
+    .venv/bin/python -m bench.forward [--streams 1 8] [--threads 1 2] [--weights plain packed int8 int4 kv-int8]
+                                      [--steps 20]
                                       [--history-tokens 2000] [--dtype auto] [--out bench/results/forward.json]
 
 Every stream decodes the same prompt (so the bare forward needs no padding: both read the same positions). Each
@@ -30,16 +32,24 @@ from server.engine.forward.runner import ModelRunner
 from server.engine.model.loader import load
 from server.engine.options import ModelSpec
 
-# How the linear layers run: (packed for oneDNN, the decoder layers' quantization).
-WEIGHTS = {"plain": (False, None), "packed": (True, None), "int8": (True, "int8"), "int4": (True, "int4")}
+# How the model runs: (linear layers packed for oneDNN, the decoder layers' quantization, the KV cache's dtype).
+WEIGHTS = {
+    "plain": (False, None, "auto"),
+    "packed": (True, None, "auto"),
+    "int8": (True, "int8", "auto"),
+    "int4": (True, "int4", "auto"),
+    "kv-int8": (True, None, "int8"),
+    "kv-fp8": (True, None, "fp8"),
+}
 
 
 class Case:
     """One way of running the model, as the engine (a ModelRunner) and bare (the model on its own cache)."""
 
-    def __init__(self, model: PreTrainedModel, packed: bool, prompt: list[int], streams: int) -> None:
+    def __init__(self, model: PreTrainedModel, packed: bool, kv: str, prompt: list[int], streams: int) -> None:
         device = torch.device("cpu")
-        self.runner = ModelRunner(model, device, 0, context_length=len(prompt) + 512, packed_weights=packed)
+        context = len(prompt) + 512
+        self.runner = ModelRunner(model, device, 0, context_length=context, packed_weights=packed, kv_cache_dtype=kv)
         started = time.perf_counter()
         self.tokens = {}
         for stream in range(streams):
@@ -76,13 +86,13 @@ def timed(step: Callable[[], None], threads: int) -> float:
 def measure(args: argparse.Namespace, model: PreTrainedModel, prompt: list[int], streams: int) -> list[dict]:
     cases = {}
     for label in args.weights:
-        packed, quantization = WEIGHTS[label]
+        packed, quantization, kv = WEIGHTS[label]
         variant = copy.deepcopy(model)
         if quantization == "int8":
             quantize_decoder_layers(variant)
         if quantization == "int4":  # groups of 128 where the width allows (64 on the embedded model's 576)
             quantize_decoder_layers_int4(variant, 128)
-        cases[label] = Case(variant, packed, prompt, streams)
+        cases[label] = Case(variant, packed, kv, prompt, streams)
     times: dict[tuple[str, int, str], list[float]] = {}
     for _ in range(args.steps):
         for label, case in cases.items():

@@ -8,7 +8,7 @@ from transformers import DynamicCache, LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
 
 from server.engine.forward.runner import ModelRunner
-from server.engine.kv.bucket_cache import layer_tensors
+from server.engine.kv.kv_format import layer_tensors
 from server.engine.kv.prefix_cache import MovedRun, PrefixCache, moved_runs
 from server.engine.kv.rope_shift import rope_frequencies, shifted_keys
 from tests.toy import prefill, tiny_llama

@@ -13,6 +13,8 @@ CPU version of the kernel is about 40x slower than float32 on a 2-core AVX2 CPU 
 still run on the CPU, which is how `bench.fidelity` measures what fp8 changes without a GPU.
 """
 
+from typing import TypeGuard
+
 import torch
 from transformers import PreTrainedModel
 
@@ -77,5 +79,5 @@ def quantize_decoder_layers_fp8(model: PreTrainedModel) -> int:
     return replace_modules(decoder_layers(model), lambda child: Fp8Linear(child) if _fits(child) else None)
 
 
-def _fits(module: torch.nn.Module) -> bool:
+def _fits(module: torch.nn.Module) -> TypeGuard[torch.nn.Linear]:
     return type(module) is torch.nn.Linear and module.in_features % 16 == 0 and module.out_features % 16 == 0

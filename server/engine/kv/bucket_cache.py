@@ -25,9 +25,8 @@ from typing import NamedTuple
 
 import torch
 from transformers import DynamicCache, PreTrainedConfig
-from transformers.cache_utils import DynamicLayer
 
-from server.engine.kv.kv_format import KvFormat
+from server.engine.kv.kv_format import KvFormat, layer_tensors
 from server.engine.kv.step_layout import BucketStep, DecodeBatch
 
 # The narrowest bucket, in tokens; each next one is about sqrt(2) wider, rounded to this multiple.
@@ -255,13 +254,3 @@ class BucketCache:
         bucket, slot = self._find(sample_id)
         self._insert(sample_id, bucket.lengths[slot], *self._row(bucket, slot))
         self._free(bucket, slot)
-
-
-def layer_tensors(cache: DynamicCache) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """A prefilled cache's keys and values, per layer ([1, kv heads, length, head dim] each)."""
-    keys, values = [], []
-    for layer in cache.layers:
-        if isinstance(layer, DynamicLayer) and layer.keys is not None and layer.values is not None:
-            keys.append(layer.keys)
-            values.append(layer.values)
-    return keys, values

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 KV_CACHE_DTYPES = ("auto", "int8", "fp8")
 
@@ -65,13 +66,16 @@ class KvFormat:
         codes = scaled.round().to(torch.int8) if self.kind == "int8" else scaled.to(torch.float8_e4m3fn)
         return torch.cat((codes.view(torch.uint8), exponent.to(torch.int8).view(torch.uint8)), dim=-1)
 
-    def decode(self, stored: torch.Tensor) -> torch.Tensor:
-        """Stored vectors back as [..., head dim] in the model's dtype (the same tensor when not quantized)."""
+    def decode(self, stored: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Stored vectors back as [..., head dim] in the model's dtype (the same tensor when not quantized), into
+        `out` when given (a buffer reused across layers: a fresh one per read costs more than the decoding)."""
         if not self.quantized:
             return stored
         codes = stored[..., :-1].view(_CODE_DTYPES[self.kind])
-        exponent = stored[..., -1:].view(torch.int8)
-        return codes.to(self.dtype) * torch.exp2(exponent.to(self.dtype))
+        scales = torch.exp2(stored[..., -1:].view(torch.int8).to(self.dtype))
+        if out is None:
+            return codes.to(self.dtype) * scales
+        return out.copy_(codes).mul_(scales)
 
     def round_trip(self, vectors: torch.Tensor) -> torch.Tensor:
         """What reading `vectors` back from the cache gives."""
@@ -86,8 +90,8 @@ class KvFormat:
         if not self.quantized:
             return stored
         cache = RoundTripCache(self, config=config)
-        for layer, stored_layer in enumerate(stored.layers):
-            cache.update(self.decode(stored_layer.keys), self.decode(stored_layer.values), layer)
+        for layer, (keys, values) in enumerate(zip(*layer_tensors(stored), strict=True)):
+            cache.update(self.decode(keys), self.decode(values), layer)
         return cache
 
 
@@ -104,3 +108,13 @@ class RoundTripCache(DynamicCache):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         keys, values = self._format.round_trip(key_states), self._format.round_trip(value_states)
         return super().update(keys, values, layer_idx, *args, **kwargs)
+
+
+def layer_tensors(cache: DynamicCache) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """A prefilled cache's keys and values, per layer ([1, kv heads, length, head dim] each)."""
+    keys, values = [], []
+    for layer in cache.layers:
+        if isinstance(layer, DynamicLayer) and layer.keys is not None and layer.values is not None:
+            keys.append(layer.keys)
+            values.append(layer.values)
+    return keys, values

@@ -19,7 +19,7 @@ from typing import NamedTuple
 import torch
 from transformers import DynamicCache
 
-from server.engine.kv.bucket_cache import layer_tensors
+from server.engine.kv.kv_format import layer_tensors
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

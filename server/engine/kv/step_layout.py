@@ -40,6 +40,7 @@ class _Part(NamedTuple):
     slots: torch.Tensor  # the bucket's slots this step writes, 0..rows-1
     columns: torch.Tensor  # the column each of those rows writes: its position
     mask: torch.Tensor  # [rows, 1, 1, span]: each row sees its positions and the one this step writes
+    decoded: tuple[torch.Tensor, torch.Tensor] | None  # an 8-bit cache's keys and values read back, every layer
 
 
 class StepLayout:
@@ -52,7 +53,16 @@ class StepLayout:
             # Columns beyond a row's position are stale (or another row's, after a back-off): masked.
             visible = torch.arange(bucket.span, device=positions.device) <= columns.unsqueeze(1)
             slots = torch.arange(bucket.rows, device=positions.device)
-            self._parts.append(_Part(bucket, slots, columns, visible[:, None, None, :]))
+            self._parts.append(_Part(bucket, slots, columns, visible[:, None, None, :], self._buffers(bucket)))
+
+    def _buffers(self, bucket: BucketStep) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Where an 8-bit cache's keys and values are decoded, layer after layer, in this step."""
+        if not self._format.quantized:
+            return None
+        stored = bucket.keys[0]
+        shape = (bucket.rows, stored.shape[1], bucket.span, stored.shape[3] - 1)
+        keys, values = (torch.empty(shape, dtype=self._format.dtype, device=stored.device) for _ in range(2))
+        return keys, values
 
     def write(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> None:
         """Stores every row's new key and value ([batch, kv heads, 1, head dim]) at its position."""
@@ -65,13 +75,12 @@ class StepLayout:
     def groups(self, layer: int) -> list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
         """For each bucket: its first row in the batch, and its keys, values (in the model's dtype) and mask over
         the columns its attention reads ([rows, kv heads, span, head dim] and [rows, 1, 1, span])."""
-        decode = self._format.decode
-        return [
-            (
-                part.bucket.start,
-                decode(part.bucket.keys[layer][: part.bucket.rows, :, : part.bucket.span]),
-                decode(part.bucket.values[layer][: part.bucket.rows, :, : part.bucket.span]),
-                part.mask,
-            )
-            for part in self._parts
-        ]
+        return [(part.bucket.start, *self._read(part, layer), part.mask) for part in self._parts]
+
+    def _read(self, part: _Part, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rows, span = part.bucket.rows, part.bucket.span
+        keys = part.bucket.keys[layer][:rows, :, :span]
+        values = part.bucket.values[layer][:rows, :, :span]
+        if part.decoded is None:
+            return keys, values
+        return self._format.decode(keys, part.decoded[0]), self._format.decode(values, part.decoded[1])
