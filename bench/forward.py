@@ -1,7 +1,7 @@
 """The engine's forward on this machine, in one process, interleaved: a decode step of the engine (the bucketed
 cache, its layout and cache writes) against the bare model forward on transformers' own cache, for each way of
 running the linear layers (`plain`: as loaded; `packed`: the server's default on the CPU; `int8` / `int4`: packed and
-`--quantization int8` / `int4`; `kv-int8` / `kv-fp8`: packed with `--kv-cache-dtype int8` / `fp8`, the bare
+`--quantization int8` / `int4` / `fp8`; `kv-int8` / `kv-fp8`: packed with `--kv-cache-dtype int8` / `fp8`, the bare
 forward then on the model's dtype as for `packed`) and each intra-op thread count; and the prefill of one prompt.
 
     .venv/bin/python -m bench.forward [--streams 1 8] [--threads 1 2] [--weights plain packed int8 int4 kv-int8]
@@ -26,6 +26,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from bench.serve import new_turn, roleplay_history
+from server.engine.forward.fp8_linear import quantize_decoder_layers_fp8
 from server.engine.forward.int4_linear import quantize_decoder_layers_int4
 from server.engine.forward.int8_linear import quantize_decoder_layers
 from server.engine.forward.runner import ModelRunner
@@ -38,6 +39,7 @@ WEIGHTS = {
     "packed": (True, None, "auto"),
     "int8": (True, "int8", "auto"),
     "int4": (True, "int4", "auto"),
+    "fp8": (True, "fp8", "auto"),  # torch's CPU kernel: what `bench.fidelity` runs; the server refuses it here
     "kv-int8": (True, None, "int8"),
     "kv-fp8": (True, None, "fp8"),
 }
@@ -92,6 +94,8 @@ def measure(args: argparse.Namespace, model: PreTrainedModel, prompt: list[int],
             quantize_decoder_layers(variant)
         if quantization == "int4":  # groups of 128 where the width allows (64 on the embedded model's 576)
             quantize_decoder_layers_int4(variant, 128)
+        if quantization == "fp8":
+            quantize_decoder_layers_fp8(variant)
         cases[label] = Case(variant, packed, kv, prompt, streams)
     times: dict[tuple[str, int, str], list[float]] = {}
     for _ in range(args.steps):

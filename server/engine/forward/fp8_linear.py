@@ -8,8 +8,9 @@ rows of its batch. torch's `_scaled_mm` takes only per-tensor scales on every fp
 on some architectures only), so the product runs with unit scales and the two scales multiply its output: one
 small elementwise pass, no host sync, no allocation that depends on data (a captured decode step replays it).
 
-Elsewhere `--quantization fp8` is a start-up error (`fp8_problem`): older GPUs have no fp8 products, and torch's
-CPU version of the kernel is about 40x slower than float32 on a 2-core AVX2 CPU (bench/RESULTS.md). The layers
+Elsewhere `--quantization fp8` is a start-up error (`fp8_problem`): older GPUs have no fp8 products, and with
+torch's CPU version of the kernel a decode step of the embedded model is 4-7x slower than float32 on a 2-core
+AVX2 CPU (bench/RESULTS.md). The layers
 still run on the CPU, which is how `bench.fidelity` measures what fp8 changes without a GPU.
 """
 
