@@ -84,9 +84,11 @@ def test_a_trimmed_chat_gets_the_moved_runs_exact_where_context_plays_no_part():
     assert prefix.reusable(prompt, min_run=8) == 30 and prefix.reusable(prompt) == 8
 
 
+@pytest.mark.parametrize("kv_cache_dtype", ["auto", "int8"])
 @torch.inference_mode()
-def test_the_runner_prefills_only_what_the_moved_runs_leave():
-    runner = ModelRunner(tiny_llama(), torch.device("cpu"), prefix_budget_tokens=1000)
+def test_the_runner_prefills_only_what_the_moved_runs_leave(kv_cache_dtype):
+    """With an 8-bit cache the moved keys are decoded, turned and stored again."""
+    runner = ModelRunner(tiny_llama(), torch.device("cpu"), prefix_budget_tokens=1000, kv_cache_dtype=kv_cache_dtype)
     tokens = torch.randint(1, 64, (110,), generator=torch.Generator().manual_seed(3)).tolist()
     story, old, kept, new = tokens[:20], tokens[20:40], tokens[40:100], tokens[100:]
     first = [*story, *old, *kept]
