@@ -6,6 +6,7 @@ import torch
 from transformers import LlamaConfig
 
 from server.engine.forward.runner import ModelRunner
+from server.engine.forward.self_check import captured_decode_problem
 from server.engine.kv.bucket_cache import BucketCache
 from server.engine.kv.kv_format import KvFormat
 from tests.capturable import NoHostSync, padded_decode_logits
@@ -104,3 +105,10 @@ def test_a_padded_decode_step_over_the_8_bit_cache_stays_capturable_and_close(ki
     reference = padded_decode_logits(model)
     assert logits.shape == (2, 64)
     assert torch.allclose(logits.float(), reference.float(), atol=0.05 if kind == "int8" else 0.2)
+
+
+@torch.inference_mode()
+def test_the_captured_decode_self_check_passes_over_an_8_bit_cache():
+    model = tiny_llama()
+    runner = ModelRunner(model, torch.device("cpu"), prefix_budget_tokens=0, captured=True, kv_cache_dtype="int8")
+    assert captured_decode_problem(runner, model.config.vocab_size, model.dtype, context=256) is None
