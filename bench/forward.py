@@ -26,9 +26,8 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from bench.serve import new_turn, roleplay_history
-from server.engine.forward.fp8_linear import quantize_decoder_layers_fp8
-from server.engine.forward.int4_linear import quantize_decoder_layers_int4
-from server.engine.forward.int8_linear import quantize_decoder_layers
+from server.engine.forward.module_swap import decoder_layers
+from server.engine.forward.quantization import quantize_layers
 from server.engine.forward.runner import ModelRunner
 from server.engine.model.loader import load
 from server.engine.options import ModelSpec
@@ -90,12 +89,8 @@ def measure(args: argparse.Namespace, model: PreTrainedModel, prompt: list[int],
     for label in args.weights:
         packed, quantization, kv = WEIGHTS[label]
         variant = copy.deepcopy(model)
-        if quantization == "int8":
-            quantize_decoder_layers(variant)
-        if quantization == "int4":  # groups of 128 where the width allows (64 on the embedded model's 576)
-            quantize_decoder_layers_int4(variant, 128)
-        if quantization == "fp8":
-            quantize_decoder_layers_fp8(variant)
+        if quantization is not None:  # int4: groups of 128 where the width allows (64 on the embedded model's 576)
+            quantize_layers(decoder_layers(variant), quantization, 128)
         cases[label] = Case(variant, packed, kv, prompt, streams)
     times: dict[tuple[str, int, str], list[float]] = {}
     for _ in range(args.steps):

@@ -34,14 +34,13 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from bench.roofline import LLAMA_3_1_8B, PATHS, SCENARIOS, count_step, predicted_row, time_step
 from sampling import SamplingParams
 from server.engine.engine import Engine
-from server.engine.forward.fp8_linear import fp8_problem, quantize_decoder_layers_fp8
-from server.engine.forward.int4_linear import quantize_decoder_layers_int4
-from server.engine.forward.int8_linear import quantize_decoder_layers
-from server.engine.forward.quantization import activation_dtype
+from server.engine.forward.fp8_linear import fp8_problem
+from server.engine.forward.module_swap import decoder_layers
+from server.engine.forward.quantization import activation_dtype, quantize_layers
 from server.engine.forward.runner import ModelRunner
 from server.engine.forward.self_check import captured_decode_problem
 from server.engine.kv.kv_format import KvFormat
-from server.engine.model.loader import LoadedModel
+from server.engine.model.loader import LoadedModel, model_bytes
 from server.engine.options import EngineOptions
 from server.engine.request import GenerationRequest
 from server.engine.text.vocabulary import Vocabulary
@@ -229,13 +228,6 @@ def self_check(loaded: LoadedModel) -> dict:
     return {"problem": problem, "seconds": round(time.perf_counter() - started, 2)}
 
 
-QUANTIZE = {
-    "int8": quantize_decoder_layers,
-    "int4": lambda model: quantize_decoder_layers_int4(model, 128),
-    "fp8": quantize_decoder_layers_fp8,
-}
-
-
 def quantized_rates(loaded: LoadedModel, tokens: int, method: str = "none", kv_cache_dtype: str = "auto") -> dict:
     """`--quantization int8`, `int4` (groups of 128) or `fp8` on the same (merged) weights, in place, and/or an
     8-bit KV cache: weight bytes, bytes allocated on the card with the engine up, its memory plan, the captured
@@ -243,9 +235,8 @@ def quantized_rates(loaded: LoadedModel, tokens: int, method: str = "none", kv_c
     says whether it passed), and decode tokens/s at 1 and 32 streams (2k context)."""
     if method == "fp8" and (problem := fp8_problem(loaded.device)):
         return {"skipped": problem}
-    layers = QUANTIZE[method](loaded.model) if method != "none" else 0
-    tensors = [*loaded.model.parameters(), *loaded.model.buffers()]
-    weight_bytes = sum(t.numel() * t.element_size() for t in tensors)
+    layers = quantize_layers(decoder_layers(loaded.model), method) if method != "none" else 0
+    weight_bytes = model_bytes(loaded.model)
     precision = activation_dtype(method, loaded.dtype, loaded.device)
     check = self_check(LoadedModel(**{**loaded.__dict__, "dtype": precision})) if method != "none" else None
     engine = new_engine(loaded, max_running=32, kv_cache_dtype=kv_cache_dtype)
@@ -327,7 +318,7 @@ def main() -> None:
 
     bandwidth = copy_bandwidth(device, 4 if device.type == "cuda" else 0.5)
     loaded = build(args.size, device, dtype)
-    weight_bytes = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
+    weight_bytes = model_bytes(loaded.model)
     kv_per_token = KvFormat("auto", loaded.dtype).bytes_per_token(loaded.model.config)
     rows = []
 

@@ -19,10 +19,7 @@ from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
 from bench.roofline import H100_BYTES_PER_SECOND, LLAMA_3_1_8B, kv_token_bytes
-from server.engine.forward.fp8_linear import Fp8Linear
-from server.engine.forward.int4_linear import Int4Linear, group_for
-from server.engine.forward.int8_linear import Int8Linear
-from server.engine.forward.module_swap import replace_modules
+from server.engine.forward.quantization import quantize_layers
 from server.engine.kv.kv_format import KV_CACHE_DTYPES
 from server.engine.model.loader import model_bytes
 from server.engine.options import QUANTIZATIONS
@@ -31,20 +28,12 @@ SCENARIOS = {"1x2k": 1, "32x2k": 32}
 CHAT_TOKENS = 2048
 
 
-QUANTIZED_LAYERS = {
-    "int8": Int8Linear,
-    "fp8": Fp8Linear,
-    "int4": lambda linear: Int4Linear(linear, group_for(linear.in_features, 128) or 128),  # the default groups
-}
-
-
 @torch.inference_mode()
 def layer_bytes(config: LlamaConfig, quantization: str) -> int:
     """One real decoder layer's bytes in bf16, its linear layers quantized as the server does it."""
     layer = LlamaDecoderLayer(config, layer_idx=0).to(torch.bfloat16)
     if quantization != "none":
-        make = QUANTIZED_LAYERS[quantization]
-        replace_modules(layer, lambda child: make(child) if type(child) is torch.nn.Linear else None)
+        quantize_layers(layer, quantization)  # int4 in the default groups of 128
     return model_bytes(layer)
 
 

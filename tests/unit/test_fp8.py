@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from server.engine.forward import fp8_linear
-from server.engine.forward.fp8_linear import Fp8Linear, fp8_problem, quantize_decoder_layers_fp8
+from server.engine.forward.fp8_linear import Fp8Linear, fp8_problem, quantize_linear_layers_fp8
+from server.engine.forward.module_swap import decoder_layers
 from tests.capturable import NoHostSync, padded_decode_logits
 from tests.toy import tiny_llama
 
@@ -57,7 +58,7 @@ def test_the_cpu_and_a_pre_ada_gpu_are_refused_naming_what_works(monkeypatch):
 def test_the_padded_decode_step_stays_capturable_and_close(dtype):
     model = tiny_llama().to(dtype)
     reference = padded_decode_logits(model)
-    assert quantize_decoder_layers_fp8(model) == 2 * 7
+    assert quantize_linear_layers_fp8(decoder_layers(model)) == 2 * 7
     with NoHostSync():
         logits = padded_decode_logits(model)
     assert logits.dtype == dtype and torch.allclose(logits.float(), reference.float(), atol=0.1)

@@ -9,8 +9,9 @@ from server.engine.forward.int4_linear import (
     dequantized,
     group_for,
     group_quantized,
-    quantize_decoder_layers_int4,
+    quantize_linear_layers_int4,
 )
+from server.engine.forward.module_swap import decoder_layers
 from tests.capturable import NoHostSync, padded_decode_logits
 from tests.toy import tiny_llama
 
@@ -51,7 +52,7 @@ def test_the_product_is_the_dequantized_weights_within_bfloat16_rounding():
 @torch.inference_mode()
 def test_the_padded_decode_step_stays_capturable_with_int4():
     model = tiny_llama()
-    assert quantize_decoder_layers_int4(model, 128) == 2 * 7
+    assert quantize_linear_layers_int4(decoder_layers(model), 128) == 2 * 7
     with NoHostSync():
         logits = padded_decode_logits(model)
     assert logits.shape == (2, 64) and bool(torch.isfinite(logits).all())

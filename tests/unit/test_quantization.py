@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from server.engine.forward.int8_linear import Int8Linear, compute_dtype, quantize_decoder_layers
+from server.engine.forward.int8_linear import Int8Linear, compute_dtype, quantize_linear_layers
+from server.engine.forward.module_swap import decoder_layers
 from server.engine.forward.quantization import QuantizationReport, _problem, agreement
 from server.engine.forward.runner import ModelRunner
 from server.engine.forward.self_check import captured_decode_problem
@@ -68,7 +69,7 @@ def test_the_check_names_what_broke():
 def test_the_padded_decode_step_stays_capturable(dtype, quantization):
     model = tiny_llama().to(dtype)
     if quantization == "int8":
-        assert quantize_decoder_layers(model) == 2 * 7
+        assert quantize_linear_layers(decoder_layers(model)) == 2 * 7
     with NoHostSync():
         logits = padded_decode_logits(model)
     assert logits.shape == (2, 64) and bool(torch.isfinite(logits).all())
@@ -78,7 +79,7 @@ def test_the_padded_decode_step_stays_capturable(dtype, quantization):
 def test_the_captured_decode_self_check_passes_on_int8():
     """At the tolerance of the dtype the int8 product computes in (bfloat16 for a float32 model on the CPU)."""
     model = tiny_llama()
-    quantize_decoder_layers(model)
+    quantize_linear_layers(decoder_layers(model))
     runner = ModelRunner(model, torch.device("cpu"), prefix_budget_tokens=0, captured=True)
     precision = compute_dtype(torch.float32, torch.device("cpu"))
     assert precision == torch.bfloat16

@@ -17,42 +17,36 @@ still run on the CPU, which is how `bench.fidelity` measures what fp8 changes wi
 from typing import TypeGuard
 
 import torch
-from transformers import PreTrainedModel
 
-from server.engine.forward.module_swap import decoder_layers, replace_modules
+from server.engine.forward.module_swap import replace_modules
+from server.engine.forward.quantized_linear import QuantizedLinear
 
 E4M3_MAX = 448.0
 FP8_COMPUTE_CAPABILITY = (8, 9)
 
 
-class Fp8Linear(torch.nn.Module):
+class Fp8Linear(QuantizedLinear):
     weight: torch.Tensor  # float8_e4m3fn [out, in]
     scales: torch.Tensor  # float32 [1, out]
     unit: torch.Tensor  # float32 scalar 1: the kernel's per-tensor scales
 
     def __init__(self, linear: torch.nn.Linear) -> None:
-        super().__init__()
-        self.in_features = linear.in_features
-        self.out_features = linear.out_features
+        super().__init__(linear)
         weight = linear.weight.detach().float()
         scales = weight.abs().amax(dim=1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny) / E4M3_MAX
         self.register_buffer("weight", (weight / scales).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn))
         self.register_buffer("scales", scales.t().contiguous())
         self.register_buffer("unit", torch.ones((), device=weight.device))
-        self.bias = linear.bias
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        rows = hidden.reshape(-1, self.in_features).float()
+    def product(self, rows: torch.Tensor) -> torch.Tensor:
+        rows = rows.float()
         row_scales = rows.abs().amax(dim=1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny) / E4M3_MAX
         codes = (rows / row_scales).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
         # The weight's transpose is the column-major operand the kernel wants; float32 out: the scales come after.
         product = torch._scaled_mm(
             codes, self.weight.t(), scale_a=self.unit, scale_b=self.unit, out_dtype=torch.float32
         )
-        output = (product * row_scales * self.scales).to(hidden.dtype)
-        if self.bias is not None:
-            output = output + self.bias
-        return output.reshape(*hidden.shape[:-1], self.out_features)
+        return product * row_scales * self.scales
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, fp8 e4m3 per channel and token"
@@ -74,10 +68,10 @@ def fp8_problem(device: torch.device) -> str | None:
     return None
 
 
-def quantize_decoder_layers_fp8(model: PreTrainedModel) -> int:
-    """Replaces every plain linear layer inside the decoder layers whose widths the kernel takes (multiples of 16)
-    by an Fp8Linear; returns how many."""
-    return replace_modules(decoder_layers(model), lambda child: Fp8Linear(child) if _fits(child) else None)
+def quantize_linear_layers_fp8(root: torch.nn.Module) -> int:
+    """Replaces every plain linear layer under `root` whose widths the kernel takes (multiples of 16) by an
+    Fp8Linear; returns how many."""
+    return replace_modules(root, lambda child: Fp8Linear(child) if _fits(child) else None)
 
 
 def _fits(module: torch.nn.Module) -> TypeGuard[torch.nn.Linear]:

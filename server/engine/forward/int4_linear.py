@@ -13,40 +13,33 @@ weights. Applied to the decoder's linear layers after the adapter is merged.
 """
 
 import torch
-from transformers import PreTrainedModel
 
-from server.engine.forward.module_swap import decoder_layers, replace_modules
+from server.engine.forward.module_swap import replace_modules
+from server.engine.forward.quantized_linear import QuantizedLinear
 from server.engine.options import INT4_GROUP_SIZES
 
 LEVELS = 15  # 4 bits: 0..15
 MIDDLE = 8  # the kernels read a weight as (q - 8) * scale + offset
 
 
-class Int4Linear(torch.nn.Module):
+class Int4Linear(QuantizedLinear):
     weight: torch.Tensor  # packed for the device's kernel
     scales_and_zeros: torch.Tensor  # bfloat16 [groups, out, 2]: each group's scale and offset
 
     def __init__(self, linear: torch.nn.Linear, group_size: int) -> None:
-        super().__init__()
-        self.in_features = linear.in_features
-        self.out_features = linear.out_features
+        super().__init__(linear)
         self.group_size = group_size
         levels, scales_and_zeros = group_quantized(linear.weight.detach().float(), group_size)
         self.register_buffer("weight", packed(levels))
         self.register_buffer("scales_and_zeros", scales_and_zeros.to(torch.bfloat16))
-        self.bias = linear.bias
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        rows = hidden.reshape(-1, self.in_features).to(torch.bfloat16)
-        product = (
+    def product(self, rows: torch.Tensor) -> torch.Tensor:
+        kernel = (
             torch.ops.aten._weight_int4pack_mm
             if self.weight.device.type == "cuda"
             else torch.ops.aten._weight_int4pack_mm_for_cpu
         )
-        output = product(rows, self.weight, self.group_size, self.scales_and_zeros).to(hidden.dtype)
-        if self.bias is not None:
-            output = output + self.bias
-        return output.reshape(*hidden.shape[:-1], self.out_features)
+        return kernel(rows.to(torch.bfloat16), self.weight, self.group_size, self.scales_and_zeros)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int4 groups of {self.group_size}"
@@ -86,8 +79,9 @@ def group_for(in_features: int, wanted: int) -> int | None:
     return next((size for size in INT4_GROUP_SIZES if size <= wanted and in_features % size == 0), None)
 
 
-def quantize_decoder_layers_int4(model: PreTrainedModel, group_size: int) -> int:
-    """Replaces every plain linear layer inside the decoder layers by an Int4Linear; returns how many."""
+def quantize_linear_layers_int4(root: torch.nn.Module, group_size: int) -> int:
+    """Replaces every plain linear layer under `root` that a group size divides by an Int4Linear; returns how
+    many."""
 
     def swapped(child: torch.nn.Module) -> torch.nn.Module | None:
         if type(child) is not torch.nn.Linear:
@@ -95,4 +89,4 @@ def quantize_decoder_layers_int4(model: PreTrainedModel, group_size: int) -> int
         size = group_for(child.in_features, group_size)
         return Int4Linear(child, size) if size is not None else None
 
-    return replace_modules(decoder_layers(model), swapped)
+    return replace_modules(root, swapped)

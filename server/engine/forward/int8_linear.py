@@ -11,33 +11,26 @@ model's dtype.
 """
 
 import torch
-from transformers import PreTrainedModel
 
-from server.engine.forward.module_swap import decoder_layers, replace_modules
+from server.engine.forward.module_swap import replace_modules
+from server.engine.forward.quantized_linear import QuantizedLinear
 
 QUANTIZED_MAX = 127
 
 
-class Int8Linear(torch.nn.Module):
+class Int8Linear(QuantizedLinear):
     weight: torch.Tensor  # int8 [out, in]
     scales: torch.Tensor  # [out], in the model's dtype
 
     def __init__(self, linear: torch.nn.Linear) -> None:
-        super().__init__()
-        self.in_features = linear.in_features
-        self.out_features = linear.out_features
+        super().__init__(linear)
         weight = linear.weight.detach().float()
         scales = weight.abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny) / QUANTIZED_MAX
         self.register_buffer("weight", (weight / scales[:, None]).round().clamp(-127, 127).to(torch.int8))
         self.register_buffer("scales", scales.to(compute_dtype(linear.weight.dtype, linear.weight.device)))
-        self.bias = linear.bias
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        rows = hidden.reshape(-1, self.in_features).to(self.scales.dtype)
-        output = torch.ops.aten._weight_int8pack_mm(rows, self.weight, self.scales).to(hidden.dtype)
-        if self.bias is not None:
-            output = output + self.bias
-        return output.reshape(*hidden.shape[:-1], self.out_features)
+    def product(self, rows: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten._weight_int8pack_mm(rows.to(self.scales.dtype), self.weight, self.scales)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 weights per channel"
@@ -48,12 +41,6 @@ def compute_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
     if device.type == "cpu" and dtype == torch.float32:
         return torch.bfloat16
     return dtype
-
-
-def quantize_decoder_layers(model: PreTrainedModel) -> int:
-    """Replaces every plain linear layer inside the decoder layers (`model.model.layers`) by an Int8Linear; returns
-    how many."""
-    return quantize_linear_layers(decoder_layers(model))
 
 
 def quantize_linear_layers(root: torch.nn.Module) -> int:

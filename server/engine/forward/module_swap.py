@@ -1,5 +1,4 @@
-"""Replacing a model's submodules in place: the CPU forward's packed and stacked layers, int8 and int4
-quantization."""
+"""Replacing a model's submodules in place: the CPU forward's packed and stacked layers, quantization's layers."""
 
 from collections.abc import Callable
 

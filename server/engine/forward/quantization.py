@@ -14,9 +14,10 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
-from server.engine.forward.fp8_linear import quantize_decoder_layers_fp8
-from server.engine.forward.int4_linear import quantize_decoder_layers_int4
-from server.engine.forward.int8_linear import compute_dtype, quantize_decoder_layers
+from server.engine.forward.fp8_linear import quantize_linear_layers_fp8
+from server.engine.forward.int4_linear import quantize_linear_layers_int4
+from server.engine.forward.int8_linear import compute_dtype, quantize_linear_layers
+from server.engine.forward.module_swap import decoder_layers
 from server.engine.options import ModelLoadError
 from server.engine.text.vocabulary import Vocabulary
 
@@ -52,7 +53,7 @@ def quantize(
     ids = torch.tensor([vocabulary.encode(PROBE, add_bos=True)], device=model.device)
     with torch.inference_mode():
         before = model(input_ids=ids).logits[0].float()
-        layers = _quantize_layers(model, method, int4_group_size)
+        layers = quantize_layers(decoder_layers(model), method, int4_group_size)
         after = model(input_ids=ids).logits[0].float()
     report = QuantizationReport(method, layers, *agreement(before, after))
     problem = _problem(report, after)
@@ -68,12 +69,13 @@ def quantize(
     return report
 
 
-def _quantize_layers(model: PreTrainedModel, method: str, int4_group_size: int) -> int:
+def quantize_layers(root: torch.nn.Module, method: str, int4_group_size: int = 128) -> int:
+    """Replaces the plain linear layers under `root` by `method`'s (int8, int4 or fp8); returns how many."""
     if method == "int8":
-        return quantize_decoder_layers(model)
+        return quantize_linear_layers(root)
     if method == "fp8":
-        return quantize_decoder_layers_fp8(model)
-    return quantize_decoder_layers_int4(model, int4_group_size)
+        return quantize_linear_layers_fp8(root)
+    return quantize_linear_layers_int4(root, int4_group_size)
 
 
 def activation_dtype(method: str, dtype: torch.dtype, device: torch.device) -> torch.dtype:

@@ -26,7 +26,7 @@ from typing import NamedTuple
 import torch
 from transformers import DynamicCache, PreTrainedConfig
 
-from server.engine.kv.kv_format import KvFormat, layer_tensors
+from server.engine.kv.kv_format import KvFormat, kv_heads_and_dim, layer_tensors
 from server.engine.kv.step_layout import BucketStep, DecodeBatch
 
 # The narrowest bucket, in tokens; each next one is about sqrt(2) wider, rounded to this multiple.
@@ -86,8 +86,7 @@ class BucketCache:
         self._device = device
         self._format = kv_format
         self._layers = config.num_hidden_layers
-        self._heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        self._heads, head_dim = kv_heads_and_dim(config)
         self._stored_width = kv_format.stored_width(head_dim)
         self.widths = bucket_widths(context_length)
         self._buckets = [_Bucket(width) for width in self.widths]

@@ -49,8 +49,7 @@ class KvFormat:
 
     def bytes_per_token(self, config: Any) -> int:
         """Bytes of cache one token takes: keys and values of every layer (a model config of transformers)."""
-        heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        heads, head_dim = kv_heads_and_dim(config)
         return 2 * config.num_hidden_layers * heads * self.stored_width(head_dim) * self.storage_dtype.itemsize
 
     def encode(self, vectors: torch.Tensor) -> torch.Tensor:
@@ -91,7 +90,8 @@ class KvFormat:
             return stored
         cache = RoundTripCache(self, config=config)
         for layer, (keys, values) in enumerate(zip(*layer_tensors(stored), strict=True)):
-            cache.update(self.decode(keys), self.decode(values), layer)
+            # Decoded values are already what the cache gives back: held as they are, not rounded again.
+            DynamicCache.update(cache, self.decode(keys), self.decode(values), layer)
         return cache
 
 
@@ -108,6 +108,12 @@ class RoundTripCache(DynamicCache):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         keys, values = self._format.round_trip(key_states), self._format.round_trip(value_states)
         return super().update(keys, values, layer_idx, *args, **kwargs)
+
+
+def kv_heads_and_dim(config: Any) -> tuple[int, int]:
+    """A model config's key/value heads and their dimension (transformers' attributes, with their defaults)."""
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    return heads, getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
 def layer_tensors(cache: DynamicCache) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
