@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from prompting import Message, PromptError, RenderedPrompt, render_prompt
+from prompting import Message, PromptError, RenderedPrompt, Setting, render_prompt
 from prompting.labels import TURN_SEPARATOR
 from prompting.render import turn_text
 from prompting.trimming import messages_to_leave_out
@@ -29,8 +29,8 @@ class ChatPrompt:
 async def chat_prompt(body: ChatRequest, engine: EngineService, *, for_generation: bool) -> ChatPrompt:
     """The prompt of `body`. `for_generation`: a prompt no context can hold is refused before tokenizing (a
     render only shows it)."""
-    messages, _ = body.conversation()
-    render = _renderer(body, engine)
+    messages, setting = body.conversation()
+    render = _renderer(body, setting, engine)
     rendered = await asyncio.to_thread(render, messages)
     if body.context_overflow != "trim":
         ids = await (prompt_ids if for_generation else encoded)(engine, rendered.text, add_bos=True)
@@ -69,10 +69,11 @@ async def chat_prompt(body: ChatRequest, engine: EngineService, *, for_generatio
     )
 
 
-def _renderer(body: ChatRequest, engine: EngineService) -> Callable[[Sequence[Message]], RenderedPrompt]:
-    """Renders `body` with the given messages (all of them, or the newest ones); the setting and the lore are
-    read from the request once."""
-    _, setting = body.conversation()
+def _renderer(
+    body: ChatRequest, setting: Setting, engine: EngineService
+) -> Callable[[Sequence[Message]], RenderedPrompt]:
+    """Renders `body` with the given messages (all of them, or the newest ones); the lore is read from the
+    request once."""
     lorebook, authors_note = body.lore()
 
     def render(messages: Sequence[Message]) -> RenderedPrompt:
