@@ -1,10 +1,11 @@
 """The engine's forward on this machine, in one process, interleaved: a decode step of the engine (the bucketed
 cache, its layout and cache writes) against the bare model forward on transformers' own cache, for each way of
-running the linear layers (`plain`: as loaded; `packed`: the server's default on the CPU; `int8` / `int4`: packed and
-`--quantization int8` / `int4` / `fp8`; `kv-int8` / `kv-fp8`: packed with `--kv-cache-dtype int8` / `fp8`, the bare
-forward then on the model's dtype as for `packed`) and each intra-op thread count; and the prefill of one prompt.
+running the model (`plain`: linear layers as loaded; `packed`: on oneDNN-packed weights; `kernels`: packed and
+the engine's CPU kernels, the server's default on the CPU; `int8` / `int4` / `fp8`: that and `--quantization int8` /
+`int4` / `fp8`; `kv-int8` / `kv-fp8`: that and `--kv-cache-dtype int8` / `fp8`, the bare forward then on the
+model's dtype) and each intra-op thread count; and the prefill of one prompt.
 
-    .venv/bin/python -m bench.forward [--streams 1 8] [--threads 1 2] [--weights plain packed int8 int4 kv-int8]
+    .venv/bin/python -m bench.forward [--streams 1 8] [--threads 1 2] [--weights plain packed kernels int8 ...]
                                       [--steps 20]
                                       [--history-tokens 2000] [--dtype auto] [--out bench/results/forward.json]
 
@@ -21,6 +22,7 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
@@ -30,27 +32,45 @@ from server.engine.forward.module_swap import decoder_layers
 from server.engine.forward.quantization import quantize_layers
 from server.engine.forward.runner import ModelRunner
 from server.engine.model.loader import load
-from server.engine.options import ModelSpec
+from server.engine.options import ModelSpec, default_cache_dir
 
-# How the model runs: (linear layers packed for oneDNN, the decoder layers' quantization, the KV cache's dtype).
+
+class Way(NamedTuple):
+    """How the model runs."""
+
+    packed: bool  # linear layers packed for oneDNN (--cpu-weights)
+    quantization: str | None  # the decoder layers' (--quantization)
+    kv: str  # the KV cache's dtype (--kv-cache-dtype)
+    kernels: bool  # the engine's CPU kernels (--compile auto)
+
+
 WEIGHTS = {
-    "plain": (False, None, "auto"),
-    "packed": (True, None, "auto"),
-    "int8": (True, "int8", "auto"),
-    "int4": (True, "int4", "auto"),
-    "fp8": (True, "fp8", "auto"),  # torch's CPU kernel: what `bench.fidelity` runs; the server refuses it here
-    "kv-int8": (True, None, "int8"),
-    "kv-fp8": (True, None, "fp8"),
+    "plain": Way(False, None, "auto", False),
+    "packed": Way(True, None, "auto", False),
+    "kernels": Way(True, None, "auto", True),  # the server's default on the CPU
+    "int8": Way(True, "int8", "auto", True),
+    "int4": Way(True, "int4", "auto", True),
+    "fp8": Way(True, "fp8", "auto", True),  # torch's CPU kernel: what `bench.fidelity` runs; the server refuses it
+    "kv-int8": Way(True, None, "int8", True),
+    "kv-fp8": Way(True, None, "fp8", True),
 }
 
 
 class Case:
     """One way of running the model, as the engine (a ModelRunner) and bare (the model on its own cache)."""
 
-    def __init__(self, model: PreTrainedModel, packed: bool, kv: str, prompt: list[int], streams: int) -> None:
+    def __init__(self, model: PreTrainedModel, way: Way, prompt: list[int], streams: int) -> None:
         device = torch.device("cpu")
         context = len(prompt) + 512
-        self.runner = ModelRunner(model, device, 0, context_length=context, packed_weights=packed, kv_cache_dtype=kv)
+        self.runner = ModelRunner(
+            model,
+            device,
+            0,
+            context_length=context,
+            packed_weights=way.packed,
+            kv_cache_dtype=way.kv,
+            kernel_cache=default_cache_dir() if way.kernels else None,
+        )
         started = time.perf_counter()
         self.tokens = {}
         for stream in range(streams):
@@ -87,11 +107,11 @@ def timed(step: Callable[[], None], threads: int) -> float:
 def measure(args: argparse.Namespace, model: PreTrainedModel, prompt: list[int], streams: int) -> list[dict]:
     cases = {}
     for label in args.weights:
-        packed, quantization, kv = WEIGHTS[label]
+        way = WEIGHTS[label]
         variant = copy.deepcopy(model)
-        if quantization is not None:  # int4: groups of 128 where the width allows (64 on the embedded model's 576)
-            quantize_layers(decoder_layers(variant), quantization, 128)
-        cases[label] = Case(variant, packed, kv, prompt, streams)
+        if way.quantization is not None:  # int4: groups of 128 where the width allows (64 on the embedded model's 576)
+            quantize_layers(decoder_layers(variant), way.quantization, 128)
+        cases[label] = Case(variant, way, prompt, streams)
     times: dict[tuple[str, int, str], list[float]] = {}
     for _ in range(args.steps):
         for label, case in cases.items():

@@ -39,7 +39,8 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address to listen on.")
     port: int = Field(8000, ge=0, le=65535, description="Port to listen on (0 picks a free one).")
     cache_dir: Path = Field(
-        default_factory=default_cache_dir, description="Where the embedded model's converted HF folder is kept."
+        default_factory=default_cache_dir,
+        description="Where the embedded model's converted HF folder and the compiled CPU kernels are kept.",
     )
     api_key: str | None = Field(
         None,
@@ -133,6 +134,13 @@ class Settings(BaseSettings):
         "one matrix product each and multiplies by weights oneDNN laid out once for its kernel (faster decoding, "
         "above all with several streams: bench/RESULTS.md); `plain` runs the layers as loaded. bfloat16 weights "
         "are packed only on CPUs with AVX512; no effect on GPUs or with an unmerged adapter.",
+    )
+    compile: Literal["auto", "off"] = Field(
+        "auto",
+        description="On the CPU: `auto` compiles the engine's C++ kernels (a decode step's attention over the KV "
+        "cache with its rotary embedding, the norms, the MLP's activation) for this CPU at the first start, about "
+        "30 s with `g++`, and loads them from `--cache-dir` at later starts; where that fails, one warning and the "
+        "model runs on transformers' operators. `off` never compiles. No effect on GPUs.",
     )
     cache_reuse: int = Field(
         0,

@@ -41,6 +41,7 @@ def engine_options(settings: Settings) -> EngineOptions:
         log_content=settings.log_content,
         decode_mode=settings.decode_mode,
         packed_weights=settings.cpu_weights == "packed",
+        cpu_kernels=settings.compile == "auto",
         kv_cache_dtype=settings.kv_cache_dtype,
         log_level=settings.log_level,
     )

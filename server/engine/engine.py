@@ -108,6 +108,7 @@ class Engine:
             captured=captured,
             packed_weights=options.packed_weights,
             kv_cache_dtype=options.kv_cache_dtype,
+            kernel_cache=options.model.cache_dir if options.cpu_kernels else None,
         )
         chat_tokens = min(PLAN_CHAT_TOKENS, self.context_length)
         self.memory_plan = MemoryPlan(

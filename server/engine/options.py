@@ -89,4 +89,5 @@ class EngineOptions:
     decode_mode: str = "eager"  # "eager", "captured" (self-checked, eager when that fails) or "auto"
     packed_weights: bool = True  # on the CPU, linear layers on oneDNN-packed weights (forward/packed_linear.py)
     kv_cache_dtype: str = "auto"  # how the KV cache stores keys and values (kv/kv_format.py)
+    cpu_kernels: bool = True  # on the CPU, the engine's compiled kernels (forward/cpu_kernels.py), kept in cache_dir
     log_level: str = "info"

@@ -1,6 +1,6 @@
 """A server with `--quantization int8 --kv-cache-dtype int8`: it reports its load-time check and memory plan,
-and streams, stops, reuses prefixes, samples n > 1, backs off banned strings and reproduces seeded output (a
-swipe read from the 8-bit prefix cache included) as the unquantized one does; a server with `--quantization int4
+and streams, stops, reuses prefixes, samples n > 1, backs off banned strings and reproduces seeded swipes read
+from the 8-bit prefix cache as the unquantized one does; a server with `--quantization int4
 --kv-cache-dtype fp8` reports its check and generates."""
 
 from collections.abc import Iterator
@@ -47,11 +47,15 @@ def test_health_and_the_log_give_the_memory_plan_in_8_bit_kv_bytes(client, int8_
 
 
 def test_seeded_output_repeats_and_streams_the_same(client):
+    """The prompt's cache is read back from the 8-bit prefix cache for the second request on. The first request is
+    not compared: on the CPU the int8 kernel takes bfloat16 activations, and its last prompt position, computed
+    with the whole prompt there and alone from the cache, can round differently (README, "Quantization")."""
     body = {"prompt": PROMPT, "max_tokens": 12, "seed": 7}
-    first = client.post("/v1/completions", json=body).json()["choices"][0]["text"]
+    client.post("/v1/completions", json=body)
+    swipe = client.post("/v1/completions", json=body).json()["choices"][0]["text"]
     again = client.post("/v1/completions", json=body).json()["choices"][0]["text"]
-    assert first == again and first
-    assert streamed_text(stream(client, "/v1/completions", body)) == first
+    assert swipe == again and swipe
+    assert streamed_text(stream(client, "/v1/completions", body)) == swipe
 
 
 def test_stop_strings_and_n(client):

@@ -7,6 +7,10 @@ The forwards are transformers' Llama ones (its rotary embedding and attention in
 attention and masks apply unchanged) with the stacked product split where the separate ones were. Only modules
 that are exactly transformers' Llama classes are replaced: another architecture's attention may differ (query and
 key norms, biases, sliding windows) and keeps its own.
+
+With the engine's CPU kernels loaded (cpu_kernels.py), a decode step's attention over the bucket cache is one
+kernel call a bucket (the rotary embedding, the cache write and the attention; kernels/decode_attention.cpp) and
+the MLP's activation one more, in place of some twenty small operators a layer.
 """
 
 from collections.abc import Callable
@@ -23,10 +27,17 @@ from transformers.models.llama.modeling_llama import (
 
 from server.engine.forward.module_swap import replace_modules
 from server.engine.forward.packed_linear import PackedLinear, packable
+from server.engine.kv.step_layout import StepLayout
+
+# What the decode attention kernel computes for: head dimensions, query heads per key/value head, dtypes.
+_KERNEL_HEAD_DIMS = (64, 128)
+_KERNEL_MAX_GROUPS = 16
+_KERNEL_DTYPES = (torch.float32, torch.bfloat16)
 
 
 class StackedAttention(torch.nn.Module):
-    def __init__(self, attention: LlamaAttention) -> None:
+    def __init__(self, attention: LlamaAttention, kernels: bool) -> None:
+        """`kernels`: the engine's CPU kernels are loaded (a decode step then runs on them where they apply)."""
         super().__init__()
         # What transformers' attention functions read from their module.
         self.config = attention.config
@@ -38,6 +49,13 @@ class StackedAttention(torch.nn.Module):
         self.splits = [attention.q_proj.out_features, attention.k_proj.out_features, attention.v_proj.out_features]
         self.qkv_proj = PackedLinear.stacked([attention.q_proj, attention.k_proj, attention.v_proj])
         self.o_proj = attention.o_proj
+        self.heads = attention.config.num_attention_heads
+        self.decode_kernel = (
+            kernels
+            and self.head_dim in _KERNEL_HEAD_DIMS
+            and self.num_key_value_groups <= _KERNEL_MAX_GROUPS
+            and attention.q_proj.weight.dtype in _KERNEL_DTYPES
+        )
 
     def forward(
         self,
@@ -47,6 +65,9 @@ class StackedAttention(torch.nn.Module):
         cache: Any = None,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        layout: StepLayout | None = kwargs.get("bucket_layout")
+        if self.decode_kernel and layout is not None and layout.stored_as_computed:
+            return self._decode_on_kernel(hidden_states, position_embeddings, layout), None
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.head_dim)
         query, key, value = (
@@ -64,28 +85,48 @@ class StackedAttention(torch.nn.Module):
         )
         return self.o_proj(output.reshape(*input_shape, -1).contiguous()), weights
 
+    def _decode_on_kernel(
+        self, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor], layout: StepLayout
+    ) -> torch.Tensor:
+        """A decode step ([batch, 1, hidden]) bucket by bucket on the kernel, which writes the buckets itself."""
+        stacked = self.qkv_proj(hidden_states)[:, 0]
+        cos, sin = (part[:, 0] for part in position_embeddings)
+        outputs = []
+        for start, keys, values, positions in layout.in_place(self.layer_idx):
+            rows = slice(start, start + positions.shape[0])
+            outputs.append(
+                torch.ops.rpserve_cpu.decode_attention(
+                    stacked[rows], cos[rows], sin[rows], keys, values, positions, self.heads, self.scaling
+                )
+            )
+        return self.o_proj(torch.cat(outputs).unsqueeze(1) if len(outputs) > 1 else outputs[0].unsqueeze(1))
+
 
 class StackedMLP(torch.nn.Module):
-    def __init__(self, mlp: LlamaMLP) -> None:
+    def __init__(self, mlp: LlamaMLP, kernels: bool) -> None:
+        """`kernels`: the engine's CPU kernels are loaded (SiLU then runs on them, fused with its product)."""
         super().__init__()
         self.gate_up_proj = PackedLinear.stacked([mlp.gate_proj, mlp.up_proj])
         self.down_proj = mlp.down_proj
         self.act_fn = mlp.act_fn
+        self.silu_kernel = kernels and mlp.config.hidden_act == "silu" and mlp.gate_proj.weight.dtype in _KERNEL_DTYPES
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.silu_kernel:
+            return self.down_proj(torch.ops.rpserve_cpu.silu_mul(self.gate_up_proj(hidden)))
         gate, up = self.gate_up_proj(hidden).chunk(2, dim=-1)
         return self.down_proj(self.act_fn(gate) * up)
 
 
-def stack_projections(model: torch.nn.Module) -> int:
+def stack_projections(model: torch.nn.Module, kernels: bool) -> int:
     """Replaces every Llama attention and MLP of a CPU model whose projections are plain linear layers that oneDNN
-    can pack by its stacked form; returns how many."""
-    return replace_modules(model, _stacked)
+    can pack by its stacked form; returns how many. `kernels`: the engine's CPU kernels are loaded."""
+    return replace_modules(model, lambda module: _stacked(module, kernels))
 
 
-def _stacked(module: torch.nn.Module) -> torch.nn.Module | None:
+def _stacked(module: torch.nn.Module, kernels: bool) -> torch.nn.Module | None:
     if type(module) is LlamaAttention and all(map(packable, (module.q_proj, module.k_proj, module.v_proj))):
-        return StackedAttention(module)
+        return StackedAttention(module, kernels)
     if type(module) is LlamaMLP and all(map(packable, (module.gate_proj, module.up_proj))):
-        return StackedMLP(module)
+        return StackedMLP(module, kernels)
     return None

@@ -8,6 +8,7 @@ rows, eager or captured (one CUDA graph per padded batch shape: server/engine/fo
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
@@ -20,8 +21,11 @@ from server.engine.kv.kv_format import KvFormat
 from server.engine.kv.prefix_cache import PrefixCache
 from server.engine.kv.rope_shift import rope_frequencies, shifted_keys
 from server.engine.kv.step_layout import DecodeBatch
+from server.engine.options import default_cache_dir
 
 log = logging.getLogger(__name__)
+
+_DEFAULT_KERNEL_CACHE = default_cache_dir()  # where the server keeps its compiled CPU kernels by default
 
 
 @dataclass
@@ -44,13 +48,15 @@ class ModelRunner:
         captured: bool = False,
         packed_weights: bool = True,
         kv_cache_dtype: str = "auto",
+        kernel_cache: Path | None = _DEFAULT_KERNEL_CACHE,
     ) -> None:
         """`captured`: decode steps run as captured graphs of padded batches (on the CPU: the same padded step,
-        uncaptured); `use_eager` turns that off. `packed_weights`: see serving_model.prepare_for_serving.
-        `kv_cache_dtype`: how the KV cache stores keys and values (kv/kv_format.py)."""
+        uncaptured); `use_eager` turns that off. `packed_weights`, `kernel_cache` (None: without the CPU kernels):
+        see serving_model.prepare_for_serving. `kv_cache_dtype`: how the KV cache stores keys and values
+        (kv/kv_format.py)."""
         self.model = model  # read by the test servers that inject faults into its forward
         self._device = device
-        prepare_for_serving(model, device, packed_weights=packed_weights)
+        prepare_for_serving(model, device, packed_weights=packed_weights, kernel_cache=kernel_cache)
         context_length = context_length or model.config.max_position_embeddings
         self._format = KvFormat(kv_cache_dtype, model.dtype)
         self._batch = BucketCache(model.config, device, self._format, context_length)

@@ -72,6 +72,19 @@ class StepLayout:
             part.bucket.keys[layer][part.slots, :, part.columns] = keys[rows]
             part.bucket.values[layer][part.slots, :, part.columns] = values[rows]
 
+    @property
+    def stored_as_computed(self) -> bool:
+        """Whether the buckets hold keys and values in the model's dtype (not an 8-bit format)."""
+        return not self._format.quantized
+
+    def in_place(self, layer: int) -> list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """For an attention that writes and reads the buckets itself (forward/fused_layers.py): each bucket's first
+        row in the batch, its whole key and value tensors of `layer`, and where each of its rows writes."""
+        return [
+            (part.bucket.start, part.bucket.keys[layer], part.bucket.values[layer], part.columns)
+            for part in self._parts
+        ]
+
     def groups(self, layer: int) -> list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
         """For each bucket: its first row in the batch, and its keys, values (in the model's dtype) and mask over
         the columns its attention reads ([rows, kv heads, span, head dim] and [rows, 1, 1, span])."""

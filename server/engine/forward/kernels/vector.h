@@ -1,0 +1,78 @@
+// Eight floats as one value, with GCC's vector extensions: one AVX register on x86 with AVX, two SSE or NEON
+// registers elsewhere, so the kernels need no intrinsics of one instruction set. Loads and stores of float32 and
+// bfloat16 (whose bits are a float32's upper half), and the reductions the kernels need.
+#pragma once
+
+#include <c10/util/BFloat16.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+namespace rpserve {
+
+typedef float v8 __attribute__((vector_size(32)));
+
+inline v8 load8(const float* p) {
+  v8 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+inline v8 load8(const c10::BFloat16* p) {
+  typedef uint16_t u16x8 __attribute__((vector_size(16)));
+  typedef uint32_t u32x8 __attribute__((vector_size(32)));
+  u16x8 half;
+  std::memcpy(&half, p, sizeof half);
+  const u32x8 bits = __builtin_convertvector(half, u32x8) << 16;
+  v8 v;
+  std::memcpy(&v, &bits, sizeof v);
+  return v;
+}
+
+inline void store8(float* p, v8 v) { std::memcpy(p, &v, sizeof v); }
+
+inline void store8(c10::BFloat16* p, v8 v) {
+  for (int i = 0; i < 8; ++i) p[i] = c10::BFloat16(v[i]);  // round to nearest even, as torch rounds
+}
+
+inline float sum8(v8 v) { return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7])); }
+
+// The sums of eight vectors side by side, in 7 shuffled additions instead of eight horizontal sums.
+inline v8 sums8(const v8* a) {
+  v8 x[4], y[2];
+  for (int i = 0; i < 4; ++i) {
+    x[i] = __builtin_shufflevector(a[2 * i], a[2 * i + 1], 0, 8, 2, 10, 4, 12, 6, 14) +
+           __builtin_shufflevector(a[2 * i], a[2 * i + 1], 1, 9, 3, 11, 5, 13, 7, 15);
+  }
+  for (int i = 0; i < 2; ++i) {
+    y[i] = __builtin_shufflevector(x[2 * i], x[2 * i + 1], 0, 1, 8, 9, 4, 5, 12, 13) +
+           __builtin_shufflevector(x[2 * i], x[2 * i + 1], 2, 3, 10, 11, 6, 7, 14, 15);
+  }
+  return __builtin_shufflevector(y[0], y[1], 0, 1, 2, 3, 8, 9, 10, 11) +
+         __builtin_shufflevector(y[0], y[1], 4, 5, 6, 7, 12, 13, 14, 15);
+}
+
+// exp(x) in plain float arithmetic that the compiler vectorises (std::exp is one call per element): 2^n p(r) with
+// x = n ln2 + r, |r| <= ln2 / 2, p the Taylor polynomial of degree 7 (relative error below 3e-7); x is clamped to
+// [-87, 88], where float32's exponent holds 2^n.
+inline float fast_exp(float x) {
+  x = std::min(std::max(x, -87.0f), 88.0f);
+  const float n = std::nearbyint(x * 1.44269504088896341f);
+  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;  // ln2 in two parts: n * the first is exact
+  float p = 1.f / 5040;
+  p = p * r + 1.f / 720;
+  p = p * r + 1.f / 120;
+  p = p * r + 1.f / 24;
+  p = p * r + 1.f / 6;
+  p = p * r + 0.5f;
+  p = p * r + 1.f;
+  p = p * r + 1.f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float power;
+  std::memcpy(&power, &bits, sizeof power);
+  return p * power;
+}
+
+}  // namespace rpserve
