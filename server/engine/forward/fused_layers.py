@@ -109,7 +109,12 @@ class StackedMLP(torch.nn.Module):
         self.gate_up_proj = PackedLinear.stacked([mlp.gate_proj, mlp.up_proj])
         self.down_proj = mlp.down_proj
         self.act_fn = mlp.act_fn
-        self.silu_kernel = kernels and mlp.config.hidden_act == "silu" and mlp.gate_proj.weight.dtype in _KERNEL_DTYPES
+        self.silu_kernel = (
+            kernels
+            and mlp.config.hidden_act == "silu"
+            and mlp.gate_proj.out_features % 8 == 0  # the kernel's vectors of eight
+            and mlp.gate_proj.weight.dtype in _KERNEL_DTYPES
+        )
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.silu_kernel:

@@ -54,12 +54,13 @@ inline v8 sums8(const v8* a) {
          __builtin_shufflevector(y[0], y[1], 4, 5, 6, 7, 12, 13, 14, 15);
 }
 
-// exp(x) in plain float arithmetic that the compiler vectorises (std::exp is one call per element): 2^n p(r) with
-// x = n ln2 + r, |r| <= ln2 / 2, p the Taylor polynomial of degree 7 (relative error below 3e-7); x is clamped to
-// [-87, 88], where float32's exponent holds 2^n.
+// exp(x) in plain float arithmetic without branches or calls, so that loops over it vectorise (std::exp is one
+// call per element): 2^n p(r) with x = n ln2 + r, |r| <= ln2 / 2, p the Taylor polynomial of degree 7 (relative
+// error below 3e-7); x is clamped to [-87, 88], where float32's exponent holds 2^n.
 inline float fast_exp(float x) {
-  x = std::min(std::max(x, -87.0f), 88.0f);
-  const float n = std::nearbyint(x * 1.44269504088896341f);
+  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding and subtracting it rounds to the nearest integer
+  const float n = (x * 1.44269504088896341f + kRound) - kRound;
   const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;  // ln2 in two parts: n * the first is exact
   float p = 1.f / 5040;
   p = p * r + 1.f / 720;
@@ -73,6 +74,37 @@ inline float fast_exp(float x) {
   float power;
   std::memcpy(&power, &bits, sizeof power);
   return p * power;
+}
+
+// fast_exp of eight floats at once, the same arithmetic written on vectors (for loops the compiler does not
+// vectorise by itself).
+inline v8 fast_exp8(v8 x) {
+  typedef int32_t i8 __attribute__((vector_size(32)));
+  x = x < -87.0f ? v8{} - 87.0f : x;
+  x = x > 88.0f ? v8{} + 88.0f : x;
+  constexpr float kRound = 12582912.0f;
+  const v8 n = (x * 1.44269504088896341f + kRound) - kRound;
+  const v8 r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+  v8 p = v8{} + 1.f / 5040;
+  p = p * r + 1.f / 720;
+  p = p * r + 1.f / 120;
+  p = p * r + 1.f / 24;
+  p = p * r + 1.f / 6;
+  p = p * r + 0.5f;
+  p = p * r + 1.f;
+  p = p * r + 1.f;
+  const i8 bits = (__builtin_convertvector(n, i8) + 127) << 23;
+  v8 power;
+  std::memcpy(&power, &bits, sizeof power);
+  return p * power;
+}
+
+// `v` rounded to T's precision (the identity for float).
+template <typename T>
+inline v8 round8(v8 v) {
+  T rounded[8];
+  store8(rounded, v);
+  return load8(rounded);
 }
 
 }  // namespace rpserve
