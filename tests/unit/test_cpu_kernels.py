@@ -3,14 +3,17 @@ transformers' rotary embedding makes (bit for bit) and attends as SDPA does; the
 Llama's modules; and the engine's decode step on them gives the logits of the step without them."""
 
 import copy
+import fcntl
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.models.llama.modeling_llama import LlamaRMSNorm, LlamaRotaryEmbedding, apply_rotary_pos_emb
 
-from server.engine.forward.cpu_kernels import load_cpu_kernels
+from server.engine.forward.cpu_kernels import _build_folder, load_cpu_kernels
 from server.engine.forward.fused_layers import StackedAttention, StackedMLP
 from server.engine.forward.kernel_norm import KernelRMSNorm
 from server.engine.forward.runner import ModelRunner
@@ -141,3 +144,16 @@ def test_layers_keep_transformers_operators_without_the_kernels():
     assert not any(layer.self_attn.decode_kernel for layer in model.model.layers)
     assert not any(isinstance(layer.mlp, StackedMLP) and layer.mlp.silu_kernel for layer in model.model.layers)
     assert not any(isinstance(module, KernelRMSNorm) for module in model.modules())
+
+
+def test_a_lock_left_by_a_killed_build_does_not_stop_the_next_start():
+    """torch's build lock is a file, which a build killed half-way leaves behind; torch would then wait forever."""
+    folder = _build_folder(default_cache_dir())
+    with (folder / "build.flock").open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # no build of another process may be running while the lock is planted
+        (folder / "lock").touch()
+    load = "from server.engine.forward.cpu_kernels import load_cpu_kernels as k; from server.engine.options import"
+    load += " default_cache_dir as d; print(k(d()))"
+    result = subprocess.run([sys.executable, "-c", load], capture_output=True, text=True, timeout=300)
+    assert result.stdout.strip() == "True", result.stderr[-2000:]
+    assert not (folder / "lock").exists()

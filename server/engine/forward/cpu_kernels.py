@@ -9,6 +9,7 @@ build fails (no compiler, an unusual platform), one warning says why and the mod
 operators as before: nothing else changes. `--compile off` skips them.
 """
 
+import fcntl
 import hashlib
 import logging
 import os
@@ -58,14 +59,20 @@ def _build(folder: Path) -> str | None:
     started = time.perf_counter()
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        cpp_extension.load(
-            name=NAME,
-            sources=[str(_FOLDER / source) for source in SOURCES],
-            extra_cflags=_FLAGS,
-            build_directory=str(folder),
-            is_python_module=False,
-            verbose=False,
-        )
+        with (folder / "build.flock").open("w") as handle:
+            # One build at a time (servers starting together wait for the first). torch's own lock is a file that
+            # a killed build leaves behind, after which torch waits forever; this lock dies with its process, so
+            # whoever holds it knows a torch lock file present is stale.
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            (folder / "lock").unlink(missing_ok=True)
+            cpp_extension.load(
+                name=NAME,
+                sources=[str(_FOLDER / source) for source in SOURCES],
+                extra_cflags=_FLAGS,
+                build_directory=str(folder),
+                is_python_module=False,
+                verbose=False,
+            )
     except Exception as error:  # the compiler's or the loader's, whatever it is: the model runs without them
         lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
         return next((line for line in lines if "error:" in line), lines[0])

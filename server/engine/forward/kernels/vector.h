@@ -54,6 +54,19 @@ inline v8 sums8(const v8* a) {
          __builtin_shufflevector(y[0], y[1], 4, 5, 6, 7, 12, 13, 14, 15);
 }
 
+// e^r for |r| <= ln2 / 2: the Taylor polynomial of degree 7, by Horner's rule (one float or eight).
+template <typename F>
+inline F exp_polynomial(F r) {
+  F p = r * 0.f + 1.f / 5040;
+  p = p * r + 1.f / 720;
+  p = p * r + 1.f / 120;
+  p = p * r + 1.f / 24;
+  p = p * r + 1.f / 6;
+  p = p * r + 0.5f;
+  p = p * r + 1.f;
+  return p * r + 1.f;
+}
+
 // exp(x) in plain float arithmetic without branches or calls, so that loops over it vectorise (std::exp is one
 // call per element): 2^n p(r) with x = n ln2 + r, |r| <= ln2 / 2, p the Taylor polynomial of degree 7 (relative
 // error below 3e-7); x is clamped to [-87, 88], where float32's exponent holds 2^n.
@@ -62,14 +75,7 @@ inline float fast_exp(float x) {
   constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding and subtracting it rounds to the nearest integer
   const float n = (x * 1.44269504088896341f + kRound) - kRound;
   const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;  // ln2 in two parts: n * the first is exact
-  float p = 1.f / 5040;
-  p = p * r + 1.f / 720;
-  p = p * r + 1.f / 120;
-  p = p * r + 1.f / 24;
-  p = p * r + 1.f / 6;
-  p = p * r + 0.5f;
-  p = p * r + 1.f;
-  p = p * r + 1.f;
+  const float p = exp_polynomial(r);
   const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
   float power;
   std::memcpy(&power, &bits, sizeof power);
@@ -85,14 +91,7 @@ inline v8 fast_exp8(v8 x) {
   constexpr float kRound = 12582912.0f;
   const v8 n = (x * 1.44269504088896341f + kRound) - kRound;
   const v8 r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
-  v8 p = v8{} + 1.f / 5040;
-  p = p * r + 1.f / 720;
-  p = p * r + 1.f / 120;
-  p = p * r + 1.f / 24;
-  p = p * r + 1.f / 6;
-  p = p * r + 0.5f;
-  p = p * r + 1.f;
-  p = p * r + 1.f;
+  const v8 p = exp_polynomial(r);
   const i8 bits = (__builtin_convertvector(n, i8) + 127) << 23;
   v8 power;
   std::memcpy(&power, &bits, sizeof power);
