@@ -1,10 +1,13 @@
 """The floor for `bench/serve.py`: the bare model loop on the same model and prompt shape, no server, no
 sampling chain (arg-max), transformers' KV cache and nothing else; the model set up exactly as the engine sets it
-up (its attention, and on the CPU its stacked projections and packed weights: server/engine/forward/
-serving_model.py), with torch's default threads as the engine has them.
+up (its attention, and on the CPU its stacked projections, packed weights and compiled kernels: server/engine/
+forward/serving_model.py), with torch's default threads as the engine has them. The kernels' decode attention
+needs the engine's bucket cache, so on transformers' cache this loop's attention stays SDPA: `bench/forward.py`
+compares the engine's step with this bare forward, `bench/stream_floor.py` the HTTP stream with the engine's step.
 
     .venv/bin/python -m bench.raw_loop [--history-tokens 2000] [--new-tokens 50] [--max-tokens 64] [--streams N]
                                        [--dtype auto|float32|bfloat16] [--cpu-weights packed|plain]
+                                       [--compile auto|off]
 
 With `--streams N`, N prompts of the same length decode as one batch (no padding): how much faster N streams can
 go than one on this machine at best, the ceiling for the server's aggregate throughput.
@@ -22,7 +25,7 @@ from transformers import DynamicCache
 from bench.serve import new_turn, roleplay_history
 from server.engine.forward.serving_model import prepare_for_serving
 from server.engine.model.loader import load
-from server.engine.options import ModelSpec
+from server.engine.options import ModelSpec, default_cache_dir
 
 
 @torch.inference_mode()
@@ -34,12 +37,14 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=1)
     parser.add_argument("--dtype", default="auto", help="as the server's --dtype (the same default)")
     parser.add_argument("--cpu-weights", choices=["packed", "plain"], default="packed", help="as the server's")
+    parser.add_argument("--compile", choices=["auto", "off"], default="auto", help="as the server's")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
     loaded = load(ModelSpec(dtype=args.dtype))
     model = loaded.model
-    prepare_for_serving(model, loaded.device, packed_weights=args.cpu_weights == "packed")
+    kernel_cache = default_cache_dir() if args.compile == "auto" else None
+    prepare_for_serving(model, loaded.device, packed_weights=args.cpu_weights == "packed", kernel_cache=kernel_cache)
     prompt = roleplay_history(1000, args.history_tokens) + new_turn(1000, args.new_tokens)
     ids = torch.tensor([loaded.vocabulary.encode(prompt, add_bos=True)] * args.streams)
     cache = DynamicCache(config=model.config)
