@@ -3,7 +3,12 @@
 import torch
 from transformers import DynamicCache
 
-from server.engine.forward.attention import NAME, sdpa_with_grouped_cpu_decode, use_engine_attention
+from server.engine.forward.attention import (
+    NAME,
+    additive_sdpa_mask,
+    sdpa_with_grouped_cpu_decode,
+    use_engine_attention,
+)
 from tests.toy import tiny_llama
 
 
@@ -38,3 +43,13 @@ def test_the_model_decodes_the_same_logits_with_it():
     use_engine_attention(model)
     assert model.config._attn_implementation == NAME
     torch.testing.assert_close(decode_logits(), expected)
+
+
+def test_the_cpu_mask_is_additive_with_the_boolean_ones_pattern():
+    """Two new positions after one cached: each sees the cache and itself, the first not the second."""
+    mask = additive_sdpa_mask(batch_size=1, q_length=2, kv_length=3, q_offset=1, dtype=torch.bfloat16)
+    inf = float("-inf")
+    assert mask.dtype == torch.bfloat16
+    assert torch.equal(mask, torch.tensor([[[[0.0, 0.0, inf], [0.0, 0.0, 0.0]]]], dtype=torch.bfloat16))
+    # A whole prompt with nothing cached needs no mask at all: SDPA runs causal.
+    assert additive_sdpa_mask(batch_size=1, q_length=3, kv_length=3) is None

@@ -68,10 +68,20 @@ def bucket_attention(
     return torch.cat(outputs).transpose(1, 2).contiguous(), None
 
 
+def additive_sdpa_mask(*args: Any, dtype: torch.dtype = torch.float32, **kwargs: Any) -> torch.Tensor | None:
+    """transformers' SDPA mask, on the CPU as the additive mask (0 where a position is seen, -inf elsewhere) that
+    SDPA's CPU kernel makes of a boolean one itself, in every layer: made once a forward instead. A 512-token
+    prefill chunk at 2k tokens of context spent about 5 % of its time converting masks (bench/RESULTS.md)."""
+    mask = sdpa_mask(*args, **kwargs)
+    if mask is None or mask.dtype != torch.bool or mask.device.type != "cpu":
+        return mask
+    return torch.zeros(mask.shape, dtype=dtype).masked_fill_(mask.logical_not(), float("-inf"))
+
+
 def use_engine_attention(model: PreTrainedModel) -> None:
     """Switches a model that runs SDPA attention to the engine's (the same masks for everything else)."""
     if model.config._attn_implementation not in ("sdpa", NAME):
         return
     AttentionInterface.register(NAME, bucket_attention)
-    ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, sdpa_mask)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, additive_sdpa_mask)
     model.set_attn_implementation(NAME)
