@@ -6,7 +6,7 @@ from transformers import DynamicCache
 from server.engine.forward.attention import (
     NAME,
     additive_sdpa_mask,
-    sdpa_with_grouped_cpu_decode,
+    sdpa_grouped_on_cpu,
     use_engine_attention,
 )
 from tests.toy import tiny_llama
@@ -21,12 +21,26 @@ def test_one_query_token_without_mask_matches_repeated_heads():
     generator = torch.Generator().manual_seed(0)
     query = torch.randn(2, 6, 1, 8, generator=generator)
     key, value = torch.randn(2, 2, 9, 8, generator=generator), torch.randn(2, 2, 9, 8, generator=generator)
-    output, _ = sdpa_with_grouped_cpu_decode(_Module(), query, key, value, None, scaling=0.3)
+    output, _ = sdpa_grouped_on_cpu(_Module(), query, key, value, None, scaling=0.3)
     repeated = torch.nn.functional.scaled_dot_product_attention(
         query, key.repeat_interleave(3, dim=1), value.repeat_interleave(3, dim=1), scale=0.3
     )
     assert output.shape == (2, 1, 6, 8)
     torch.testing.assert_close(output, repeated.transpose(1, 2))
+
+
+def test_a_masked_prompt_chunk_matches_repeated_heads_exactly():
+    """A chunk of 4 positions after 5 cached: SDPA reads each key/value head for its group without copies."""
+    generator = torch.Generator().manual_seed(0)
+    query = torch.randn(1, 6, 4, 8, generator=generator)
+    key, value = torch.randn(1, 2, 9, 8, generator=generator), torch.randn(1, 2, 9, 8, generator=generator)
+    mask = additive_sdpa_mask(batch_size=1, q_length=4, kv_length=9, q_offset=5)
+    output, _ = sdpa_grouped_on_cpu(_Module(), query, key, value, mask, scaling=0.3)
+    repeated = torch.nn.functional.scaled_dot_product_attention(
+        query, key.repeat_interleave(3, dim=1), value.repeat_interleave(3, dim=1), attn_mask=mask, scale=0.3
+    )
+    assert output.shape == (1, 4, 6, 8)
+    assert torch.equal(output, repeated.transpose(1, 2))
 
 
 @torch.inference_mode()

@@ -1,12 +1,13 @@
 """The engine's attention: transformers' SDPA, with the decode step over width buckets done bucket by bucket, and
-one CPU decode case routed to a faster kernel call.
+two CPU cases routed to faster kernel calls.
 
 A decode step of the bucketed batch cache (server/engine/kv/bucket_cache.py) writes its keys and values into the
 buckets and attends each bucket's rows to that bucket's keys, through the step's layout (kv/step_layout.py).
-Otherwise: a decode step (one query token) of a single unpadded sequence reaches SDPA without a mask, and
-transformers then asks torch for grouped-query attention (`enable_gqa`); on CPU that kernel is several
-times slower in bf16 than the same attention with the query heads grouped under their key/value head (measured
-in bench/RESULTS.md). Every other case is transformers' SDPA.
+Otherwise, on the CPU with grouped-query attention: one query token of a single unpadded sequence (no mask) runs
+with the query heads grouped under their key/value head, as torch's `enable_gqa` kernel is several times slower
+there in bf16; a prompt chunk with a mask runs with `enable_gqa`, where transformers would first copy every
+key/value head once per query head of its group (both measured in bench/RESULTS.md). Every other case is
+transformers' SDPA.
 """
 
 from typing import Any
@@ -21,7 +22,7 @@ from server.engine.kv.step_layout import StepLayout
 NAME = "rpserve_sdpa"
 
 
-def sdpa_with_grouped_cpu_decode(
+def sdpa_grouped_on_cpu(
     module: torch.nn.Module,
     query: torch.Tensor,
     key: torch.Tensor,
@@ -31,11 +32,18 @@ def sdpa_with_grouped_cpu_decode(
 ) -> tuple[torch.Tensor, None]:
     groups = getattr(module, "num_key_value_groups", 1)
     batch, heads, query_length, head_dim = query.shape
-    if query.device.type != "cpu" or attention_mask is not None or query_length != 1 or groups == 1:
+    scale = kwargs.get("scaling")
+    if query.device.type != "cpu" or groups == 1 or (attention_mask is None and query_length > 1):
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    if attention_mask is not None:
+        mask = attention_mask[:, :, :, : key.shape[-2]]  # as transformers cuts a mask made for a longer cache
+        output = torch.nn.functional.scaled_dot_product_attention(
+            query, key, value, attn_mask=mask, scale=scale, enable_gqa=True
+        )
+        return output.transpose(1, 2).contiguous(), None
     # [batch, kv heads, groups, head dim]: each key/value head attends for its group of query heads at once.
     grouped = query.reshape(batch, heads // groups, groups, head_dim)
-    output = torch.nn.functional.scaled_dot_product_attention(grouped, key, value, scale=kwargs.get("scaling"))
+    output = torch.nn.functional.scaled_dot_product_attention(grouped, key, value, scale=scale)
     return output.reshape(batch, heads, 1, head_dim).transpose(1, 2).contiguous(), None
 
 
@@ -52,7 +60,7 @@ def bucket_attention(
     each bucket's rows attend to their own keys up to the bucket's longest row, query heads grouped under their
     key/value head. Anything else (a prefill) is SDPA as above."""
     if bucket_layout is None:
-        return sdpa_with_grouped_cpu_decode(module, query, key, value, attention_mask, **kwargs)
+        return sdpa_grouped_on_cpu(module, query, key, value, attention_mask, **kwargs)
     layer = int(getattr(module, "layer_idx"))  # noqa: B009  (an attribute of transformers' attention modules only)
     bucket_layout.write(layer, key, value)
     groups = getattr(module, "num_key_value_groups", 1)
