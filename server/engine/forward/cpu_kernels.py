@@ -97,15 +97,18 @@ def _missing_tool() -> str | None:
 
 
 def _build_folder(cache_dir: Path) -> Path:
-    """One folder per torch version and CPU: a build for another instruction set or ABI is never loaded."""
-    return cache_dir / "cpu-kernels" / f"torch-{torch.__version__}-{platform.machine()}-{_cpu_signature()}"
+    """One folder per torch version, CPU and checkout: a build for another instruction set or ABI is never loaded,
+    and two installations sharing a cache directory do not rebuild each other's (the build records its sources'
+    paths)."""
+    return cache_dir / "cpu-kernels" / f"torch-{torch.__version__}-{platform.machine()}-{_signature()}"
 
 
-def _cpu_signature() -> str:
-    """A short hash of what `-march=native` compiles for: the CPU's model and feature flags, where Linux says."""
+def _signature() -> str:
+    """A short hash of what `-march=native` compiles for (the CPU's model and feature flags, where Linux says) and
+    of where the sources are."""
     try:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
         lines = [platform.processor()]
     wanted = [line for line in lines if line.split(":")[0].strip() in ("model name", "flags", "Features")]
-    return hashlib.sha1("\n".join(sorted(set(wanted))).encode()).hexdigest()[:12]
+    return hashlib.sha1("\n".join([*sorted(set(wanted)), str(_FOLDER)]).encode()).hexdigest()[:12]
