@@ -40,11 +40,14 @@ def test_full_server_answers_429_at_once_and_recovers(small_server):
         httpx.Client(base_url=small_server.url, timeout=60) as http,
         http.stream("POST", "/v1/completions", json={**endless, "stream": True}) as running,
     ):
-        first = next(data_events(running.iter_lines()))
+        # Held, not a temporary: a reader generator that is collected closes the response's connection, and the
+        # server then cancels the stream (seen: the busy request was answered 200 after the stream's first token).
+        events = data_events(running.iter_lines())
+        first = next(events)
         assert first["choices"][0]["finish_reason"] is None, first  # still running when the next request comes
         busy = http.post("/v1/completions", json={"prompt": "hi", "max_tokens": 2}, timeout=5)
         if busy.status_code != 429:
-            rest = list(data_events(running.iter_lines()))
+            rest = list(events)
             raise AssertionError(f"{busy.text}\n{rest[-3:]}\n{len(rest)}\n{small_server.output()[-6000:]}")
         error = assert_openai_error(busy, 429, code="server_busy")
         assert busy.headers["retry-after"] == "1" and "busy" in error["message"]
