@@ -8,19 +8,20 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from server.engine.forward.runner import ModelRunner
 
 
-def tiny_llama() -> LlamaForCausalLM:
-    """A real Llama architecture with random weights: 64 tokens, 2 layers, grouped-query attention."""
+def tiny_llama(**sizes: int) -> LlamaForCausalLM:
+    """A real Llama architecture with random weights: 64 tokens, 2 layers, grouped-query attention; `sizes`
+    overrides any of these config fields."""
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-    )
-    return LlamaForCausalLM(config).eval()
+    defaults = {
+        "vocab_size": 64,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 512,
+    }
+    return LlamaForCausalLM(LlamaConfig(**(defaults | sizes))).eval()
 
 
 def greedy_tokenizer(vocab: Sequence[str]) -> Callable[[str], list[int]]:

@@ -18,7 +18,7 @@ from server.engine.forward.fused_layers import StackedAttention, StackedMLP
 from server.engine.forward.kernel_norm import KernelRMSNorm
 from server.engine.forward.runner import ModelRunner
 from server.engine.options import default_cache_dir
-from tests.toy import prefill
+from tests.toy import prefill, tiny_llama
 
 pytestmark = pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ compiler to build the kernels")
 
@@ -102,17 +102,14 @@ def test_silu_mul_is_the_activation_times_up(dtype):
 
 def llama_with_head_dim_64() -> LlamaForCausalLM:
     """A real Llama with random weights whose attention the kernel takes: heads of 64, 3 query heads a group."""
-    torch.manual_seed(0)
-    config = LlamaConfig(
+    return tiny_llama(
         vocab_size=96,
         hidden_size=384,
         intermediate_size=512,
-        num_hidden_layers=2,
         num_attention_heads=6,
         num_key_value_heads=2,
         max_position_embeddings=1024,
     )
-    return LlamaForCausalLM(config).eval()
 
 
 @torch.inference_mode()

@@ -31,6 +31,8 @@ _FOLDER = Path(__file__).parent / "kernels"
 # the keys a prefill writes (bit for bit in float32); contracting into FMAs would change their last bits.
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=off"]
 
+KERNEL_DTYPES = (torch.float32, torch.bfloat16)  # what every kernel computes in
+
 _loaded: bool | None = None  # None until the first attempt: a failure is reported once per process
 
 

@@ -25,14 +25,14 @@ from transformers.models.llama.modeling_llama import (
     eager_attention_forward,
 )
 
+from server.engine.forward.cpu_kernels import KERNEL_DTYPES
 from server.engine.forward.module_swap import replace_modules
 from server.engine.forward.packed_linear import PackedLinear, packable
 from server.engine.kv.step_layout import StepLayout
 
-# What the decode attention kernel computes for: head dimensions, query heads per key/value head, dtypes.
+# What the decode attention kernel computes for: head dimensions, query heads per key/value head.
 _KERNEL_HEAD_DIMS = (64, 128)
 _KERNEL_MAX_GROUPS = 16
-_KERNEL_DTYPES = (torch.float32, torch.bfloat16)
 
 
 class StackedAttention(torch.nn.Module):
@@ -54,7 +54,7 @@ class StackedAttention(torch.nn.Module):
             kernels
             and self.head_dim in _KERNEL_HEAD_DIMS
             and self.num_key_value_groups <= _KERNEL_MAX_GROUPS
-            and attention.q_proj.weight.dtype in _KERNEL_DTYPES
+            and attention.q_proj.weight.dtype in KERNEL_DTYPES
         )
 
     def forward(
@@ -99,7 +99,7 @@ class StackedAttention(torch.nn.Module):
                     stacked[rows], cos[rows], sin[rows], keys, values, positions, self.heads, self.scaling
                 )
             )
-        return self.o_proj(torch.cat(outputs).unsqueeze(1) if len(outputs) > 1 else outputs[0].unsqueeze(1))
+        return self.o_proj((torch.cat(outputs) if len(outputs) > 1 else outputs[0]).unsqueeze(1))
 
 
 class StackedMLP(torch.nn.Module):
@@ -113,7 +113,7 @@ class StackedMLP(torch.nn.Module):
             kernels
             and mlp.config.hidden_act == "silu"
             and mlp.gate_proj.out_features % 8 == 0  # the kernel's vectors of eight
-            and mlp.gate_proj.weight.dtype in _KERNEL_DTYPES
+            and mlp.gate_proj.weight.dtype in KERNEL_DTYPES
         )
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -4,6 +4,7 @@ seven, which on the CPU costs more than the arithmetic at one stream (a decode s
 import torch
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
+from server.engine.forward.cpu_kernels import KERNEL_DTYPES
 from server.engine.forward.module_swap import replace_modules
 
 
@@ -26,6 +27,6 @@ def use_kernel_norms(model: torch.nn.Module) -> int:
 
 
 def _kernel_norm(module: torch.nn.Module) -> torch.nn.Module | None:
-    if type(module) is LlamaRMSNorm and module.weight.dtype in (torch.float32, torch.bfloat16):
+    if type(module) is LlamaRMSNorm and module.weight.dtype in KERNEL_DTYPES:
         return KernelRMSNorm(module)
     return None
