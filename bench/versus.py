@@ -4,9 +4,12 @@ scenario; a table of both and the ratio, and JSON.
 
     .venv/bin/python -m bench.versus --peer-url http://127.0.0.1:8900 --peer-model smol [--peer-label vllm]
                                      [--url http://127.0.0.1:8765] [--concurrency 1 8] [--rounds 2]
+                                     [--variant chunk2048="--prefill-chunk 2048"]
 
 Without `--url` our server is started here on the embedded model, with `--stop-strings []` (ours always stops at
-`::::`, a peer does not: both must generate every token asked for); `--server-arg` adds flags.
+`::::`, a peer does not: both must generate every token asked for); `--server-arg` adds flags. Each `--variant
+NAME="FLAGS"` starts one more server of ours with those flags added (on the next port), measured in the same
+rounds and compared with the peer as well.
 The peer runs in its own environment; for vLLM's CPU build on this 2-core box (bench/RESULTS.md):
 
     VLLM_CPU_NUM_OF_RESERVED_CPU=0 python -m vllm.entrypoints.openai.api_server \\
@@ -24,7 +27,9 @@ import argparse
 import asyncio
 import json
 import random
+import shlex
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 
@@ -77,7 +82,7 @@ def report(result: dict, ours: str, peer: str, concurrency: list[int]) -> list[d
             mine, theirs = result[ours]["levels"][streams][metric], result[peer]["levels"][streams][metric]
             ratio = round(mine / theirs, 3) if theirs else float("nan")
             better = ratio >= 1 if metric in HIGHER_IS_BETTER else ratio <= 1
-            table.append({"streams": streams, "metric": metric, ours: mine, peer: theirs, "ratio": ratio})
+            table.append({"streams": streams, "metric": metric, "ours": ours, ours: mine, peer: theirs, "ratio": ratio})
             print(f"{streams:>7} {metric:>16} {mine:>10} {theirs:>10} {ratio:>10} {'' if better else '(worse)'}")
     for metric in ("follow_up_ratio", "swipe_ratio"):
         print(f"{'':>7} {metric:>16} {result[ours]['reuse'][metric]:>10} {result[peer]['reuse'][metric]:>10}")
@@ -89,6 +94,9 @@ def main() -> None:
     parser.add_argument("--url", help="our running server; without it one is started on the embedded model")
     parser.add_argument("--port", type=int, default=8765, help="port for the server this script starts")
     parser.add_argument("--server-arg", action="append", default=[], help="a flag for the server started here")
+    parser.add_argument(
+        "--variant", action="append", default=[], help='NAME="FLAGS": one more server of ours, with these flags added'
+    )
     parser.add_argument("--model", default="default", help="the model name ours is asked for")
     parser.add_argument("--peer-url", required=True)
     parser.add_argument("--peer-model", required=True, help="the model name the peer serves")
@@ -106,21 +114,24 @@ def main() -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or embedded_model_folder(default_cache_dir()))
     shape = Shape(args.history_tokens, args.new_tokens, args.max_tokens, prefix=tokenizer.bos_token or "")
-    server = None
-    if args.url is None:
-        server = start_server(args.port, ["--stop-strings", "[]", *args.server_arg])
-        args.url = f"http://127.0.0.1:{args.port}"
-    targets = {
-        "ours": Target(args.url, args.model, {"dry_multiplier": 0}),
-        args.peer_label: Target(args.peer_url, args.peer_model),
-    }
+    servers: list[subprocess.Popen] = []
+    ours = {"ours": args.url}
     try:
+        if args.url is None:
+            servers.append(start_server(args.port, ["--stop-strings", "[]", *args.server_arg]))
+            ours["ours"] = f"http://127.0.0.1:{args.port}"
+        for port, variant in enumerate(args.variant, start=args.port + 1):
+            name, _, flags = variant.partition("=")
+            servers.append(start_server(port, ["--stop-strings", "[]", *args.server_arg, *shlex.split(flags)]))
+            ours[name] = f"http://127.0.0.1:{port}"
+        targets = {label: Target(url, args.model, {"dry_multiplier": 0}) for label, url in ours.items()}
+        targets[args.peer_label] = Target(args.peer_url, args.peer_model)
         result = asyncio.run(measure(args, targets, shape))
     finally:
-        if server is not None:
+        for server in servers:
             server.terminate()
             server.wait(timeout=60)
-    table = report(result, "ours", args.peer_label, args.concurrency)
+    table = [row for label in ours for row in report(result, label, args.peer_label, args.concurrency)]
     out = args.out or Path(__file__).parent / "results" / f"versus-{args.peer_label}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     record = {"command": sys.argv[1:], "seed": args.seed, "results": result, "table": table}

@@ -82,13 +82,15 @@ def test_a_prefilled_row_reads_back_exactly_from_the_batch_and_the_prefix_cache(
 
 @torch.inference_mode()
 def test_a_swipe_from_the_prefix_cache_gives_the_cold_prompts_logits_exactly():
-    """Per-token scales: the cache does not depend on where it came from, so seeded output repeats."""
+    """Per-token scales: the cache does not depend on where it came from, so seeded output repeats. The cold
+    prompt is read in chunks of 3, 3, 1 and 1, so that its last token is computed as the swipe computes it (alone
+    over the cache before it): what differs then is only where that cache came from."""
     runner = ModelRunner(tiny_llama(), torch.device("cpu"), prefix_budget_tokens=1_000, kv_cache_dtype="int8")
     prompt = [3, 9, 4, 12, 5, 30, 6, 7]
     runner.start_prefill("cold", prompt)
-    cold = runner.prefill_chunk("cold", 3)
-    while cold is None:
-        cold = runner.prefill_chunk("cold", 3)
+    for budget in (3, 3, 1):
+        assert runner.prefill_chunk("cold", budget) is None
+    cold = runner.prefill_chunk("cold", 1)
     runner.release("cold", prompt)
     runner.start_prefill("swipe", prompt)
     assert runner.prefill_remaining("swipe") == 1

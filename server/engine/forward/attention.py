@@ -3,11 +3,14 @@ two CPU cases routed to faster kernel calls.
 
 A decode step of the bucketed batch cache (server/engine/kv/bucket_cache.py) writes its keys and values into the
 buckets and attends each bucket's rows to that bucket's keys, through the step's layout (kv/step_layout.py).
-Otherwise, on the CPU with grouped-query attention: one query token of a single unpadded sequence (no mask) runs
-with the query heads grouped under their key/value head, as torch's `enable_gqa` kernel is several times slower
-there in bf16; a prompt chunk with a mask runs with `enable_gqa`, where transformers would first copy every
-key/value head once per query head of its group (both measured in bench/RESULTS.md). Every other case is
-transformers' SDPA.
+Otherwise, on the CPU: a prompt chunk after cached positions of its own sequence (every chunk of a prefill but the
+first) attends to those positions without a mask and to itself causally, two flash-attention calls merged by their
+log-sum-exps (`attention_after_past`): the masked call computed the chunk against every position, the half of its
+own block that the mask hides included, and added the mask to every score. With grouped-query attention: one
+query token of a single unpadded sequence (no mask) runs with the query heads grouped under their key/value head,
+as torch's `enable_gqa` kernel is several times slower there in bf16; any other masked call runs with
+`enable_gqa`, where transformers would first copy every key/value head once per query head of its group (all
+measured in bench/RESULTS.md). Every other case is transformers' SDPA.
 """
 
 from typing import Any
@@ -20,6 +23,8 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 from server.engine.kv.step_layout import StepLayout
 
 NAME = "rpserve_sdpa"
+# The attribute of a CPU mask made here that says it is a chunk's causal mask after that many cached positions.
+CAUSAL_PAST = "rpserve_causal_past"
 
 
 def sdpa_grouped_on_cpu(
@@ -33,6 +38,9 @@ def sdpa_grouped_on_cpu(
     groups = getattr(module, "num_key_value_groups", 1)
     batch, heads, query_length, head_dim = query.shape
     scale = kwargs.get("scaling")
+    past = getattr(attention_mask, CAUSAL_PAST, None)
+    if query.device.type == "cpu" and past is not None and key.shape[-2] == past + query_length:
+        return attention_after_past(query, key, value, past, scale).transpose(1, 2).contiguous(), None
     if query.device.type != "cpu" or groups == 1 or (attention_mask is None and query_length > 1):
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     if attention_mask is not None:
@@ -45,6 +53,33 @@ def sdpa_grouped_on_cpu(
     grouped = query.reshape(batch, heads // groups, groups, head_dim)
     output = torch.nn.functional.scaled_dot_product_attention(grouped, key, value, scale=scale)
     return output.reshape(batch, heads, 1, head_dim).transpose(1, 2).contiguous(), None
+
+
+def attention_after_past(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, past: int, scale: float | None
+) -> torch.Tensor:
+    """SDPA of a chunk of one sequence [1, heads, chunk, head dim] over its keys and values [1, kv heads, past +
+    chunk, head dim], each query seeing every past position and its own chunk up to itself: the two parts
+    separately (the past without a mask, the chunk causal, torch's CPU flash kernel grouping query heads itself),
+    then merged as one softmax would weigh them, by the log-sum-exp of each part's scores."""
+    flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    seen, seen_lse = flash(query, key[:, :, :past], value[:, :, :past], 0.0, False, scale=scale)
+    own, own_lse = flash(query, key[:, :, past:], value[:, :, past:], 0.0, True, scale=scale)
+    total = torch.logaddexp(seen_lse, own_lse)
+    seen_weight = (seen_lse - total).exp_().unsqueeze(-1)
+    own_weight = (own_lse - total).exp_().unsqueeze(-1)
+    return (seen.float() * seen_weight + own.float() * own_weight).to(query.dtype)
+
+
+def causal_past(mask: torch.Tensor) -> int | None:
+    """How many positions a chunk of one sequence sees before its own when `mask` (boolean, [1, 1, chunk,
+    positions]) is exactly that: every earlier position, then its own chunk causally; None for any other mask."""
+    chunk, positions = mask.shape[-2:]
+    past = positions - chunk
+    if mask.shape[0] != 1 or past <= 0:
+        return None
+    expected = torch.ones(chunk, positions, dtype=torch.bool, device=mask.device).tril_(past)
+    return past if torch.equal(mask[0, 0], expected) else None
 
 
 def bucket_attention(
@@ -83,7 +118,10 @@ def additive_sdpa_mask(*args: Any, dtype: torch.dtype = torch.float32, **kwargs:
     mask = sdpa_mask(*args, **kwargs)
     if mask is None or mask.dtype != torch.bool or mask.device.type != "cpu":
         return mask
-    return torch.zeros(mask.shape, dtype=dtype).masked_fill_(mask.logical_not(), float("-inf"))
+    additive = torch.zeros(mask.shape, dtype=dtype).masked_fill_(mask.logical_not(), float("-inf"))
+    # Checked once a forward, read by every layer's attention (the mask object reaches each layer as it is).
+    setattr(additive, CAUSAL_PAST, causal_past(mask))
+    return additive
 
 
 def use_engine_attention(model: PreTrainedModel) -> None:
