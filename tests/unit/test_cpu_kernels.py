@@ -1,6 +1,7 @@
 """The engine's CPU kernels compute what transformers' operators compute: the decode attention writes the keys
 transformers' rotary embedding makes (bit for bit) and attends as SDPA does; the norm and the activation match
-Llama's modules; and the engine's decode step on them gives the logits of the step without them."""
+Llama's modules; the products on weight panels are the linear layers'; and the engine's decode step on them
+gives the logits of the step without them."""
 
 import copy
 import fcntl
@@ -16,6 +17,8 @@ from transformers.models.llama.modeling_llama import LlamaRMSNorm, LlamaRotaryEm
 from server.engine.forward.cpu_kernels import _build_folder, load_cpu_kernels
 from server.engine.forward.fused_layers import StackedAttention, StackedMLP
 from server.engine.forward.kernel_norm import KernelRMSNorm
+from server.engine.forward.packed_linear import PackedLinear
+from server.engine.forward.panel_linear import PanelLinear
 from server.engine.forward.runner import ModelRunner
 from server.engine.options import default_cache_dir
 from tests.toy import prefill, tiny_llama
@@ -100,6 +103,30 @@ def test_silu_mul_is_the_activation_times_up(dtype):
     torch.testing.assert_close(torch.ops.rpserve_cpu.silu_mul(stacked), expected, **TOLERANCE[dtype])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_panel_products_are_the_linear_layers(dtype):
+    """Rows 1 to 7 (a decode step: whole tiles of 6 and the rest) and 100 (groups of 48 rows, a partial one)."""
+    torch.manual_seed(0)
+    linears = [torch.nn.Linear(200, 48, bias=False).to(dtype), torch.nn.Linear(200, 32, bias=False).to(dtype)]
+    stacked = PanelLinear.stacked(linears)
+    for rows in (1, 2, 5, 6, 7, 100):
+        hidden = torch.randn(1, rows, 200).to(dtype)
+        expected = torch.cat([linear(hidden) for linear in linears], dim=-1)
+        output = stacked(hidden)
+        assert output.shape == (1, rows, 80) and output.dtype == dtype
+        torch.testing.assert_close(output, expected, **TOLERANCE[dtype])
+        # A row's result does not depend on the rows computed with it.
+        assert torch.equal(stacked(hidden[:, -1:]), output[:, -1:])
+
+
+def test_panel_products_refuse_what_they_do_not_compute():
+    panels = torch.zeros(2, 8, 16)
+    with pytest.raises(RuntimeError, match="input width"):
+        torch.ops.rpserve_cpu.panel_linear(torch.zeros(1, 9), panels)
+    with pytest.raises(RuntimeError, match="one dtype"):
+        torch.ops.rpserve_cpu.panel_linear(torch.zeros(1, 8, dtype=torch.bfloat16), panels)
+
+
 def llama_with_head_dim_64() -> LlamaForCausalLM:
     """A real Llama with random weights whose attention the kernel takes: heads of 64, 3 query heads a group."""
     return tiny_llama(
@@ -120,6 +147,9 @@ def test_the_engines_decode_on_the_kernels_gives_the_logits_without_them():
     assert all(layer.self_attn.decode_kernel for layer in model.model.layers)
     assert all(layer.mlp.silu_kernel for layer in model.model.layers)
     assert isinstance(model.model.norm, KernelRMSNorm)
+    products = [module for module in model.modules() if isinstance(module, PanelLinear | PackedLinear)]
+    assert len(products) == 4 * model.config.num_hidden_layers + 1  # qkv, o, gate/up, down; the LM head
+    assert all(isinstance(product, PanelLinear) for product in products)
     torch.manual_seed(1)
     # Three chats of different lengths, one past a chunk of 256 keys: rows of unequal length in one bucket.
     prompts = {name: torch.randint(1, 96, (length,)).tolist() for name, length in (("a", 9), ("b", 300), ("c", 40))}
@@ -140,7 +170,7 @@ def test_layers_keep_transformers_operators_without_the_kernels():
     assert all(isinstance(layer.self_attn, StackedAttention) for layer in model.model.layers)
     assert not any(layer.self_attn.decode_kernel for layer in model.model.layers)
     assert not any(isinstance(layer.mlp, StackedMLP) and layer.mlp.silu_kernel for layer in model.model.layers)
-    assert not any(isinstance(module, KernelRMSNorm) for module in model.modules())
+    assert not any(isinstance(module, KernelRMSNorm | PanelLinear) for module in model.modules())
 
 
 def test_a_lock_left_by_a_killed_build_does_not_stop_the_next_start():

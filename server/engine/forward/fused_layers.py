@@ -28,6 +28,7 @@ from transformers.models.llama.modeling_llama import (
 from server.engine.forward.cpu_kernels import KERNEL_DTYPES
 from server.engine.forward.module_swap import replace_modules
 from server.engine.forward.packed_linear import PackedLinear, packable
+from server.engine.forward.panel_linear import PanelLinear, panelable
 from server.engine.kv.step_layout import StepLayout
 
 # What the decode attention kernel computes for: head dimensions, query heads per key/value head.
@@ -47,7 +48,7 @@ class StackedAttention(torch.nn.Module):
         self.scaling = attention.scaling
         self.is_causal = attention.is_causal
         self.splits = [attention.q_proj.out_features, attention.k_proj.out_features, attention.v_proj.out_features]
-        self.qkv_proj = PackedLinear.stacked([attention.q_proj, attention.k_proj, attention.v_proj])
+        self.qkv_proj = _stacked_linear([attention.q_proj, attention.k_proj, attention.v_proj], kernels)
         self.o_proj = attention.o_proj
         self.heads = attention.config.num_attention_heads
         self.decode_kernel = (
@@ -106,7 +107,7 @@ class StackedMLP(torch.nn.Module):
     def __init__(self, mlp: LlamaMLP, kernels: bool) -> None:
         """`kernels`: the engine's CPU kernels are loaded (SiLU then runs on them, fused with its product)."""
         super().__init__()
-        self.gate_up_proj = PackedLinear.stacked([mlp.gate_proj, mlp.up_proj])
+        self.gate_up_proj = _stacked_linear([mlp.gate_proj, mlp.up_proj], kernels)
         self.down_proj = mlp.down_proj
         self.act_fn = mlp.act_fn
         self.silu_kernel = (
@@ -130,8 +131,17 @@ def stack_projections(model: torch.nn.Module, kernels: bool) -> int:
 
 
 def _stacked(module: torch.nn.Module, kernels: bool) -> torch.nn.Module | None:
-    if type(module) is LlamaAttention and all(map(packable, (module.q_proj, module.k_proj, module.v_proj))):
+    if type(module) is LlamaAttention and _stackable([module.q_proj, module.k_proj, module.v_proj], kernels):
         return StackedAttention(module, kernels)
-    if type(module) is LlamaMLP and all(map(packable, (module.gate_proj, module.up_proj))):
+    if type(module) is LlamaMLP and _stackable([module.gate_proj, module.up_proj], kernels):
         return StackedMLP(module, kernels)
     return None
+
+
+def _stackable(linears: list[torch.nn.Linear], kernels: bool) -> bool:
+    return (kernels and panelable(linears)) or all(map(packable, linears))
+
+
+def _stacked_linear(linears: list[torch.nn.Linear], kernels: bool) -> PackedLinear | PanelLinear:
+    """The stacked product: on the engine's kernel where it is loaded and computes it, else on oneDNN."""
+    return PanelLinear.stacked(linears) if kernels and panelable(linears) else PackedLinear.stacked(linears)

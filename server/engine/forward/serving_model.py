@@ -1,8 +1,8 @@
 """The model as the engine runs it: the engine's attention (attention.py) and, on the CPU, Llama's input
 projections stacked (fused_layers.py), every linear layer on oneDNN-packed weights (packed_linear.py) and, where
-they compiled, the engine's CPU kernels (cpu_kernels.py) for the decode attention, the norms and the MLP's
-activation. One function, so that the benchmarks' floor (bench/raw_loop.py, bench/forward.py) runs exactly what
-the engine runs."""
+they compiled, the engine's CPU kernels (cpu_kernels.py) for the decode attention, the norms, the MLP's
+activation and the linear layers' products (panel_linear.py, in place of oneDNN's). One function, so that the
+benchmarks' floor (bench/raw_loop.py, bench/forward.py) runs exactly what the engine runs."""
 
 import logging
 from pathlib import Path
@@ -15,6 +15,7 @@ from server.engine.forward.cpu_kernels import load_cpu_kernels
 from server.engine.forward.fused_layers import stack_projections
 from server.engine.forward.kernel_norm import use_kernel_norms
 from server.engine.forward.packed_linear import pack_linear_layers
+from server.engine.forward.panel_linear import panel_linear_layers
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,14 @@ def prepare_for_serving(
     norms = use_kernel_norms(model) if kernels else 0
     if packed_weights:
         stacked = stack_projections(model, kernels)
+        panels = panel_linear_layers(model) if kernels else 0
         packed = pack_linear_layers(model)
-        if stacked or packed:
-            log.info("CPU forward: %d layers' projections stacked, %d more linear layers packed", stacked, packed)
+        if stacked or packed or panels:
+            log.info(
+                "CPU forward: %d layers' projections stacked, %d more linear layers on the kernels' panels, %d packed",
+                stacked,
+                panels,
+                packed,
+            )
     if norms:
         log.info("CPU forward: the engine's kernels for %d norms and, with packed weights, attention and MLP", norms)

@@ -7,4 +7,5 @@ TORCH_LIBRARY(rpserve_cpu, m) {
         "int heads, float scale) -> Tensor");
   m.def("rms_norm(Tensor input, Tensor weight, float eps) -> Tensor");
   m.def("silu_mul(Tensor stacked) -> Tensor");
+  m.def("panel_linear(Tensor input, Tensor panels) -> Tensor");
 }
