@@ -4,15 +4,15 @@ Requests wait in arrival order and are admitted, a sample group at once (the n s
 sampler slots are free and the KV budget holds the running requests at their widest (evicting prefix-cache
 entries to make it so). Every step decodes every prefilled request once and spends a prefill budget on the
 prompts being prefilled, oldest first: a chunk while others decode (so a long prompt never stalls their streams),
-and when nothing decodes, every prompt at once, each by at most `PREFILL_CHUNKS_ALONE` chunks (so the engine
-reports how far it has read a long prompt, and an abort takes effect, a few times along the way). A sample
+and when nothing decodes, `PREFILL_CHUNKS_ALONE` chunks (so the engine reports how far it has read a long prompt,
+and an abort takes effect, a few times along the way). Oldest first within the budget, not every prompt at once:
+prompts arriving together then start streaming one after another, not all together after all of them are read. A sample
 group's prompt is prefilled once, by its first sample (the leader); the others start from a copy of its row.
 
 `schedule()` returns the whole plan of a step; the engine carries it out and reports back (`prefilled`,
 `finished`). Nothing else changes the queues.
 """
 
-import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -93,12 +93,7 @@ class Scheduler:
         expired = self._take_expired(time.monotonic())
         decode = [state for state in self._running if state.prefilled]
         admitted = self._admit()
-        chunk = self._prefill_chunk
-        prefill = (
-            self._plan_prefill(chunk, chunk)
-            if decode
-            else self._plan_prefill(sys.maxsize, chunk * PREFILL_CHUNKS_ALONE)
-        )
+        prefill = self._plan_prefill(self._prefill_chunk * (1 if decode else PREFILL_CHUNKS_ALONE))
         return StepPlan(expired, admitted, decode, prefill)
 
     def prefilled(self, group: list[RequestState], remaining: int) -> None:
@@ -152,15 +147,15 @@ class Scheduler:
             admitted.append(group)
         return admitted
 
-    def _plan_prefill(self, budget: int, most_each: int) -> list[PrefillWork]:
-        """The prompts to run this step within `budget` tokens, oldest first, at most `most_each` of each."""
+    def _plan_prefill(self, budget: int) -> list[PrefillWork]:
+        """The prompts to run this step within `budget` tokens, oldest first."""
         work = []
         for entry in self._prefilling:
             if budget <= 0:
                 break
             if not entry.started:  # what the prefix cache holds now, when the leader's prefill starts
                 entry.remaining = self._to_prefill(entry.group[0])
-            tokens = min(budget, entry.remaining, most_each)
+            tokens = min(budget, entry.remaining)
             work.append(PrefillWork(list(entry.group), tokens, starts=not entry.started))
             entry.started = True
             budget -= tokens

@@ -86,15 +86,21 @@ def test_a_long_prompt_is_prefilled_in_chunks_while_others_decode():
     assert long.prefilled and s.schedule().decode == [first, long]
 
 
-def test_with_nothing_decoding_every_prompt_advances_by_at_most_four_chunks_a_step():
+def test_with_nothing_decoding_four_chunks_a_step_go_to_the_oldest_prompts():
     s = scheduler(chunk=100)
-    long, short = state("long", 900), state("short", 150)
+    first, second, third = state("first", 300), state("second", 300), state("third", 300)
+    for one in (first, second, third):
+        s.add([one])
+    plans = [prefill_everything(s) for _ in range(3)]
+    # Not every prompt at once: the first is read whole and streams while the others are read.
+    assert [(w.group[0].sample_id, w.tokens) for w in plans[0].prefill] == [("first", 300), ("second", 100)]
+    assert [(w.group[0].sample_id, w.tokens) for w in plans[1].prefill] == [("second", 100)]
+    assert plans[1].decode == [first]
+    # A long prompt alone advances by four chunks a step (its reading reported, an abort landing, between).
+    s = scheduler(chunk=100)
+    long = state("long", 900)
     s.add([long])
-    s.add([short])
-    plans = [prefill_everything(s) for _ in range(2)]
-    assert [(w.group[0].sample_id, w.tokens) for w in plans[0].prefill] == [("long", 400), ("short", 150)]
-    # `short` decodes now: the long prompt goes on a chunk at a time.
-    assert [(w.group[0].sample_id, w.tokens) for w in plans[1].prefill] == [("long", 100)]
+    assert [w.tokens for w in prefill_everything(s).prefill] == [400]
 
 
 def test_the_chunk_budget_is_shared_oldest_first():

@@ -1,6 +1,7 @@
 """The engine's C++ CPU kernels (kernels/*.cpp: a decode step's attention over the bucket cache with its rotary
-embedding and cache write, RMSNorm, the MLP's activation, linear layers' products on weight panels), compiled on this machine for its own instruction set
-the first time a CPU model is served, then loaded from the cache directory at every later start.
+embedding and cache write, RMSNorm, the MLP's activation, linear layers' products on weight panels), compiled on
+this machine for its own instruction set the first time a CPU model is served, then loaded from the cache
+directory at every later start.
 
 Why compile here rather than ship binaries: the kernels are written once with the compiler's vector extensions
 and built with `-march=native`, so one source runs at the width of whatever CPU serves (AVX2, AVX512, NEON); the
