@@ -175,6 +175,8 @@ def start_server(port: int, extra_args: Sequence[str] = ()) -> subprocess.Popen:
     )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
+        if server.poll() is not None:  # e.g. the port was taken: whatever answers there is not this server
+            raise SystemExit(f"the server exited with {server.returncode} before it was ready")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
                 return server
