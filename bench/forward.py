@@ -27,7 +27,7 @@ from typing import NamedTuple
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from bench.serve import new_turn, roleplay_history
+from bench.serve import roleplay_prompt
 from server.engine.forward.module_swap import decoder_layers
 from server.engine.forward.quantization import quantize_layers
 from server.engine.forward.runner import ModelRunner
@@ -149,7 +149,7 @@ def main() -> None:
     args = parser.parse_args()
 
     loaded = load(ModelSpec(dtype=args.dtype))
-    prompt = loaded.vocabulary.encode(roleplay_history(1000, args.history_tokens) + new_turn(1000, 50), add_bos=True)
+    prompt = loaded.vocabulary.encode(roleplay_prompt(1000, args.history_tokens, 50), add_bos=True)
     header = ("streams", "weights", "threads", "engine ms", "bare ms", "overhead", "prefill s")
     print(" ".join(f"{name:>9}" for name in header))
     rows = []

@@ -17,7 +17,7 @@ from unittest import mock
 
 import torch
 
-from bench.serve import new_turn, roleplay_history
+from bench.serve import roleplay_prompt
 from server.engine.forward import attention
 from server.engine.forward.runner import ModelRunner
 from server.engine.model.loader import load
@@ -46,7 +46,7 @@ def main() -> None:
     args = parser.parse_args()
 
     loaded = load(ModelSpec(dtype="auto"))
-    prompt = loaded.vocabulary.encode(roleplay_history(7, args.history_tokens) + new_turn(7, 50), add_bos=True)
+    prompt = loaded.vocabulary.encode(roleplay_prompt(7, args.history_tokens, 50), add_bos=True)
     runner = ModelRunner(loaded.model, torch.device("cpu"), 0, context_length=len(prompt) + 1)
     cases = [("whole", len(prompt), False)]
     cases += [(way, chunk, way == "masked") for chunk in args.chunks for way in ("masked", "split")]

@@ -19,7 +19,7 @@ from unittest import mock
 import torch
 from transformers import PreTrainedModel
 
-from bench.serve import new_turn, roleplay_history
+from bench.serve import roleplay_prompt
 from server.engine.forward import fused_layers, serving_model
 from server.engine.forward.runner import ModelRunner
 from server.engine.model.loader import load
@@ -81,7 +81,7 @@ def main() -> None:
     args = parser.parse_args()
 
     loaded = load(ModelSpec(dtype="auto"))
-    prompt = loaded.vocabulary.encode(roleplay_history(3, args.history_tokens) + new_turn(3, 50), add_bos=True)
+    prompt = loaded.vocabulary.encode(roleplay_prompt(3, args.history_tokens, 50), add_bos=True)
     context = len(prompt) + 4 * args.rounds + 8
     runners = {"onednn": runner(loaded.model, False, context), "panels": runner(loaded.model, True, context)}
     times = measure(runners, prompt, args.rounds)

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from transformers import DynamicCache
 
-from bench.serve import new_turn, roleplay_history
+from bench.serve import roleplay_prompt
 from server.engine.forward.serving_model import prepare_for_serving
 from server.engine.model.loader import load
 from server.engine.options import ModelSpec, default_cache_dir
@@ -45,7 +45,7 @@ def main() -> None:
     model = loaded.model
     kernel_cache = default_cache_dir() if args.compile == "auto" else None
     prepare_for_serving(model, loaded.device, packed_weights=args.cpu_weights == "packed", kernel_cache=kernel_cache)
-    prompt = roleplay_history(1000, args.history_tokens) + new_turn(1000, args.new_tokens)
+    prompt = roleplay_prompt(1000, args.history_tokens, args.new_tokens)
     ids = torch.tensor([loaded.vocabulary.encode(prompt, add_bos=True)] * args.streams)
     cache = DynamicCache(config=model.config)
     started = time.perf_counter()

@@ -42,6 +42,11 @@ def new_turn(seed: int, tokens: int) -> str:
     return f'\n\n::::user:Anon: "{words.capitalize()}?"\n\n::::assistant:Greta:'
 
 
+def roleplay_prompt(seed: int, history_tokens: int, new_tokens: int) -> str:
+    """A chat of about `history_tokens`, then a new user turn of about `new_tokens`, ending on the reply's label."""
+    return roleplay_history(seed, history_tokens) + new_turn(seed, new_tokens)
+
+
 @dataclass(frozen=True)
 class Target:
     """A server under test: where it is, the model name it serves, and the body fields only it gets (ours: a
@@ -63,7 +68,7 @@ class Shape:
     prefix: str = ""  # text put before every prompt (a peer that adds no BOS gets the BOS text here)
 
     def prompt(self, seed: int) -> str:
-        return self.prefix + roleplay_history(seed, self.history_tokens) + new_turn(seed, self.new_tokens)
+        return self.prefix + roleplay_prompt(seed, self.history_tokens, self.new_tokens)
 
 
 @dataclass

@@ -27,7 +27,8 @@ inline float to_float(c10::BFloat16 v) { return static_cast<float>(v); }
 // library is built with -ffp-contract=off for the rotary embedding's sake; here the sums' rounding is ours to choose,
 // and fused they run at twice the rate).
 template <int R, typename T>
-__attribute__((optimize("fp-contract=fast"))) inline void tile(const T* x, int64_t in, const T* panel, T* y, int64_t out) {
+__attribute__((optimize("fp-contract=fast"))) inline void tile(const T* x, int64_t in, const T* panel, T* y,
+                                                                int64_t out) {
   v8 sums[R][2] = {};
   for (int64_t k = 0; k < in; ++k) {
     const v8 low = load8(panel + k * kPanel), high = load8(panel + k * kPanel + 8);
