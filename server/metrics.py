@@ -81,6 +81,11 @@ class _EngineCollector(Collector):
         )
         yield CounterMetricFamily("rpserve_engine_steps", "Engine steps run.", value=stats.steps)
         yield CounterMetricFamily(
+            "rpserve_engine_mixed_steps",
+            "Engine steps whose decode rows and prompt chunks ran as one forward.",
+            value=stats.mixed_steps,
+        )
+        yield CounterMetricFamily(
             "rpserve_engine_restarts", "Engine processes started again after one died.", value=stats.restarts
         )
         if (resident := engine.resident_bytes()) is not None:

@@ -281,12 +281,14 @@ class Engine:
             for state in group:
                 state.sampler_slot = self._sampler.add(state.request.prompt_ids, state.request.params)
                 self.stats.prompt_tokens += len(state.request.prompt_ids)
+        prefill = [work for work in plan.prefill if self._start_prefill(work)]
+        decoded, chunks = self._forwards(plan.decode, prefill)
         logits, stepped = [], []
-        if plan.decode and (decoded := self._decode(plan.decode)) is not None:
+        if decoded is not None:
             logits.append(decoded)
             stepped.extend(plan.decode)
-        for work in plan.prefill:
-            first = self._prefill(work)
+        for work, chunk_logits in chunks:
+            first = self._chunk_ran(work, chunk_logits)
             if first is not None:
                 logits.extend([first.unsqueeze(0)] * len(work.group))
                 stepped.extend(work.group)
@@ -295,6 +297,38 @@ class Engine:
         self.stats.steps += 1
         self.stats.step_seconds += time.perf_counter() - started
         self._update_stats()
+
+    def _forwards(
+        self, decoding: list[RequestState], prefill: list[PrefillWork]
+    ) -> tuple[torch.Tensor | None, list[tuple[PrefillWork, torch.Tensor | None]]]:
+        """The step's forwards: the decode logits (None when nothing decodes or the decode failed), and each chunk
+        that ran with its logits (None until its prompt is done). One mixed forward where the runner has it and the
+        step has two parts or more; run apart when that fails, so that a fault is pinned on the part it is in."""
+        if self._runner.mixes and len(prefill) + bool(decoding) > 1:
+            started = time.perf_counter()
+            try:
+                decoded, firsts = self._runner.mixed_step(
+                    [(s.sample_id, s.last_token) for s in decoding],
+                    [(work.group[0].sample_id, work.tokens) for work in prefill],
+                )
+                self.stats.mixed_steps += 1
+                return decoded, list(zip(prefill, firsts, strict=True))
+            except Exception as error:
+                log.warning(
+                    "a step of %d decode rows and %d prompt chunks failed (%s); running them apart",
+                    len(decoding),
+                    len(prefill),
+                    error,
+                )
+            finally:
+                self.stats.forward_seconds += time.perf_counter() - started
+        decoded = self._decode(decoding) if decoding else None
+        chunks = []
+        for work in prefill:
+            ran, chunk_logits = self._prefill_chunk(work)
+            if ran:
+                chunks.append((work, chunk_logits))
+        return decoded, chunks
 
     def _decode(self, decoding: list[RequestState]) -> torch.Tensor | None:
         """The batched decode forward; None when it failed, after failing the requests at fault (the others retry
@@ -315,25 +349,44 @@ class Engine:
         finally:
             self.stats.forward_seconds += time.perf_counter() - started
 
-    def _prefill(self, work: PrefillWork) -> torch.Tensor | None:
-        """Runs one planned chunk of a group's prompt. When the prompt is done, every sample of the group joins the
-        batch (those after the leader as copies of its row) and the next-token logits are returned."""
+    def _start_prefill(self, work: PrefillWork) -> bool:
+        """Begins the group's prefill when this is its first chunk; False when that failed (the group has)."""
+        if not work.starts:
+            return True
         leader = work.group[0]
+        try:
+            shifted = self._runner.start_prefill(
+                leader.sample_id, leader.request.prompt_ids, leader.request.cache_reuse
+            )
+        except Exception as error:
+            self._prefill_failed(work, error)
+            return False
+        for state in work.group:
+            state.shifted_tokens = shifted
+        return True
+
+    def _prefill_chunk(self, work: PrefillWork) -> tuple[bool, torch.Tensor | None]:
+        """Runs one planned chunk of a group's prompt alone: whether it ran (it failed the group if not), and the
+        next-token logits once the prompt is done."""
         started = time.perf_counter()
         try:
-            if work.starts:
-                request = leader.request
-                shifted = self._runner.start_prefill(leader.sample_id, request.prompt_ids, request.cache_reuse)
-                for state in work.group:
-                    state.shifted_tokens = shifted
-            first = self._runner.prefill_chunk(leader.sample_id, work.tokens)
+            return True, self._runner.prefill_chunk(work.group[0].sample_id, work.tokens)
         except Exception as error:  # this prompt alone: its own cache, its own forward
-            if not isinstance(error, torch.OutOfMemoryError):
-                log.exception("prefill of request %s failed", leader.sample_id)
-            self._fail(work.group, "out of memory" if isinstance(error, torch.OutOfMemoryError) else str(error))
-            return None
+            self._prefill_failed(work, error)
+            return False, None
         finally:
             self.stats.forward_seconds += time.perf_counter() - started
+
+    def _prefill_failed(self, work: PrefillWork, error: Exception) -> None:
+        if not isinstance(error, torch.OutOfMemoryError):
+            log.exception("prefill of request %s failed", work.group[0].sample_id)
+        self._fail(work.group, "out of memory" if isinstance(error, torch.OutOfMemoryError) else str(error))
+
+    def _chunk_ran(self, work: PrefillWork, first: torch.Tensor | None) -> torch.Tensor | None:
+        """After a chunk of a group's prompt: the scheduler and the clients learn how far it got. When the prompt
+        is done, every sample of the group joins the batch (those after the leader as copies of its row) and the
+        next-token logits are returned."""
+        leader = work.group[0]
         if first is None:
             remaining = self._runner.prefill_remaining(leader.sample_id)
             self._scheduler.prefilled(work.group, remaining)

@@ -45,6 +45,7 @@ class EngineStats:
     # The engine's host time: its steps, and within them the model's forwards and the sampling chain (on a GPU,
     # the time to launch their work, and for sampling also to wait for the step's tokens).
     steps: int = 0
+    mixed_steps: int = 0  # steps whose decode rows and prompt chunks ran as one forward (forward/mixed_step.py)
     step_seconds: float = 0.0
     forward_seconds: float = 0.0
     sampling_seconds: float = 0.0

@@ -7,7 +7,9 @@ A prompt containing `FAULT:<kind>` gets, from its third generated token on:
 - `sampler`: an exception from the sampler whenever its row is sampled;
 - `oom`: an out-of-memory error from every batched decode forward that includes it;
 and `FAULT:prefill-oom` makes its prefill run out of memory, `FAULT:unexpected` makes submitting it raise (a bug
-no handler expects).
+no handler expects). A mixed step (decode rows and prompt chunks in one forward) that includes a faulty request
+fails, so that the engine runs its parts apart, where the faults above are injected: the fall-back is part of
+every fault's path.
 """
 
 import re
@@ -61,6 +63,12 @@ def _prefill_chunk(runner: ModelRunner, sample_id: str, budget: int) -> torch.Te
     return original_prefill_chunk(runner, sample_id, budget)
 
 
+def _mixed_step(runner: ModelRunner, steps: list, chunks: list) -> tuple:
+    if any(sample_id in faulty for sample_id, _ in [*steps, *chunks]):
+        raise RuntimeError("injected: a mixed step with a faulty request")
+    return original_mixed_step(runner, steps, chunks)
+
+
 def _decode(runner: ModelRunner, steps: list) -> torch.Tensor:
     ripe = []
     for index, (sample_id, _) in enumerate(steps):
@@ -105,6 +113,7 @@ original_enqueue, Engine.enqueue = Engine.enqueue, _enqueue
 original_add, Sampler.add = Sampler.add, _add
 original_prefill_chunk, ModelRunner.prefill_chunk = ModelRunner.prefill_chunk, _prefill_chunk
 original_decode, ModelRunner.decode = ModelRunner.decode, _decode
+original_mixed_step, ModelRunner.mixed_step = ModelRunner.mixed_step, _mixed_step
 original_sample, Sampler.sample = Sampler.sample, _sample
 original_remove, Sampler.remove = Sampler.remove, _remove
 

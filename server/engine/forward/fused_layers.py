@@ -25,7 +25,9 @@ from transformers.models.llama.modeling_llama import (
     eager_attention_forward,
 )
 
+from server.engine.forward.attention import chunk_attention
 from server.engine.forward.cpu_kernels import KERNEL_DTYPES
+from server.engine.forward.mixed_layout import MixedLayout
 from server.engine.forward.module_swap import replace_modules
 from server.engine.forward.packed_linear import PackedLinear, packable
 from server.engine.forward.panel_linear import PanelLinear, panelable
@@ -66,7 +68,9 @@ class StackedAttention(torch.nn.Module):
         cache: Any = None,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        layout: StepLayout | None = kwargs.get("bucket_layout")
+        layout: StepLayout | MixedLayout | None = kwargs.get("bucket_layout")
+        if isinstance(layout, MixedLayout):
+            return self._mixed(hidden_states, position_embeddings, layout), None
         if self.decode_kernel and layout is not None and layout.stored_as_computed:
             return self._decode_on_kernel(hidden_states, position_embeddings, layout), None
         input_shape = hidden_states.shape[:-1]
@@ -90,8 +94,15 @@ class StackedAttention(torch.nn.Module):
         self, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor], layout: StepLayout
     ) -> torch.Tensor:
         """A decode step ([batch, 1, hidden]) bucket by bucket on the kernel, which writes the buckets itself."""
-        stacked = self.qkv_proj(hidden_states)[:, 0]
         cos, sin = (part[:, 0] for part in position_embeddings)
+        outputs = self._attend_on_kernel(self.qkv_proj(hidden_states)[:, 0], cos, sin, layout)
+        return self.o_proj((torch.cat(outputs) if len(outputs) > 1 else outputs[0]).unsqueeze(1))
+
+    def _attend_on_kernel(
+        self, stacked: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layout: StepLayout
+    ) -> list[torch.Tensor]:
+        """Decode rows' attention outputs [rows, heads x head dim], bucket after bucket, from their stacked
+        projections [rows, queries + keys + values] and rotary tables [rows, head dim]."""
         outputs = []
         for start, keys, values, positions in layout.in_place(self.layer_idx):
             rows = slice(start, start + positions.shape[0])
@@ -100,7 +111,34 @@ class StackedAttention(torch.nn.Module):
                     stacked[rows], cos[rows], sin[rows], keys, values, positions, self.heads, self.scaling
                 )
             )
-        return self.o_proj((torch.cat(outputs) if len(outputs) > 1 else outputs[0]).unsqueeze(1))
+        return outputs
+
+    def _mixed(
+        self, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor], layout: MixedLayout
+    ) -> torch.Tensor:
+        """A mixed step's rows ([1, rows, hidden]: prompt chunks', then decode rows', mixed_step.py): one product
+        on each side of attention for all of them, attention part by part."""
+        stacked = self.qkv_proj(hidden_states[0])
+        cos, sin = (part[0] for part in position_embeddings)
+        outputs, start = [], 0
+        for chunk in layout.chunks:
+            rows = slice(start, start + chunk.length)
+            outputs.append(self._chunk_attention(stacked[rows], cos[rows], sin[rows], chunk.cache))
+            start += chunk.length
+        if layout.decode is not None:
+            outputs.extend(self._attend_on_kernel(stacked[start:], cos[start:], sin[start:], layout.decode))
+        return self.o_proj(torch.cat(outputs).unsqueeze(0))
+
+    def _chunk_attention(self, stacked: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: Any) -> torch.Tensor:
+        """A prompt chunk's attention output [chunk, heads x head dim] over its prompt's cache, which it extends."""
+        length = stacked.shape[0]
+        query, key, value = (
+            part.view(1, length, -1, self.head_dim).transpose(1, 2) for part in stacked.split(self.splits, -1)
+        )
+        query, key = apply_rotary_pos_emb(query, key, cos.unsqueeze(0), sin.unsqueeze(0))
+        key, value = cache.update(key, value, self.layer_idx)
+        output = chunk_attention(query, key, value, key.shape[-2] - length, self.scaling)
+        return output.transpose(1, 2).reshape(length, -1)
 
 
 class StackedMLP(torch.nn.Module):

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
+from transformers.cache_utils import DynamicLayer
 
 from server.engine.forward.decode_graphs import CaptureFailed, DecodeGraphs
 from server.engine.forward.decode_step import DecodeStep
+from server.engine.forward.mixed_step import MixedStep, PromptChunk
 from server.engine.forward.serving_model import prepare_for_serving
 from server.engine.kv.bucket_cache import BucketCache
 from server.engine.kv.kv_format import KvFormat
@@ -62,6 +64,10 @@ class ModelRunner:
         self._batch = BucketCache(model.config, device, self._format, context_length)
         self._step = DecodeStep(model, device)
         self._graphs = DecodeGraphs(self._step, device) if captured else None
+        mixes = MixedStep.supports(model) and not self._format.quantized
+        self._mixed = MixedStep(model) if mixes else None
+        if self.mixes:
+            log.info("CPU forward: each step runs its decode rows and prompt chunks as one forward")
         self._pending: dict[str, _Prefill] = {}
         self._prefixes = PrefixCache(prefix_budget_tokens, self._key_shifter(model, self._format))
         self.prefilled_tokens = 0
@@ -82,6 +88,12 @@ class ModelRunner:
 
     def use_eager(self) -> None:
         self._graphs = None
+
+    @property
+    def mixes(self) -> bool:
+        """Whether `mixed_step` runs: decode steps run eager (the CPU's way), on the CPU kernels, over a cache
+        that stores keys and values as computed."""
+        return self._mixed is not None and self._graphs is None
 
     @property
     def prefix_cache(self) -> PrefixCache:
@@ -124,13 +136,55 @@ class ModelRunner:
         chunk = pending.token_ids[pending.done : pending.done + budget]
         input_ids = torch.tensor([list(chunk)], device=self._device)
         logits = self.model(input_ids=input_ids, cache=pending.cache, use_cache=True, logits_to_keep=1).logits[0, -1]
-        pending.done += len(chunk)
-        self.prefilled_tokens += len(chunk)
+        return self._chunk_ran(sample_id, len(chunk), logits)
+
+    def _chunk_ran(self, sample_id: str, tokens: int, logits: torch.Tensor | None) -> torch.Tensor | None:
+        """Counts a chunk of a prompt as run; the logits once the prompt is done, when it joins the batch."""
+        pending = self._pending[sample_id]
+        pending.done += tokens
+        self.prefilled_tokens += tokens
         if pending.done < len(pending.token_ids):
             return None
         del self._pending[sample_id]
         self._batch.join(sample_id, pending.cache)
         return logits
+
+    def mixed_step(
+        self, steps: Sequence[tuple[str, int]], chunks: Sequence[tuple[str, int]]
+    ) -> tuple[torch.Tensor | None, list[torch.Tensor | None]]:
+        """`decode(steps)` (when `steps` is not empty) and `prefill_chunk(sample_id, budget)` of each of `chunks`
+        (at least one) in one forward (mixed_step.py; only where `mixes`): the decode logits, and each chunk's as
+        `prefill_chunk` returns them. If it raises, every cache is as it was before (running the parts apart then
+        tells which one is at fault)."""
+        if self._mixed is None:
+            raise RuntimeError("this model runs no mixed steps")
+        if steps and {sample_id for sample_id, _ in steps} != set(self._batch.rows):
+            raise RuntimeError("a decode step must advance every sequence in the batch")
+        parts = []
+        for sample_id, budget in chunks:
+            pending = self._pending[sample_id]
+            tokens = pending.token_ids[pending.done : pending.done + budget]
+            ends = pending.done + len(tokens) == len(pending.token_ids)
+            parts.append(PromptChunk(tokens, pending.done, pending.cache, ends))
+        checkpoint = self._batch.checkpoint()
+        try:
+            batch = self._batch.advance(dict(steps), padded=False) if steps else None
+            logits = self._mixed(parts, batch)
+        except BaseException:
+            self._batch.restore(checkpoint)
+            for part in parts:
+                _crop(part.cache, part.start)
+            raise
+        ending = iter(logits[: sum(part.ends_prompt for part in parts)])
+        firsts = [
+            self._chunk_ran(sample_id, len(part.tokens), next(ending) if part.ends_prompt else None)
+            for (sample_id, _), part in zip(chunks, parts, strict=True)
+        ]
+        if batch is None:
+            return None, firsts
+        decoded = logits[len(logits) - len(steps) :]
+        index = torch.tensor([batch.row_of[sample_id] for sample_id, _ in steps], device=self._device)
+        return decoded.index_select(0, index), firsts
 
     def decode(self, steps: Sequence[tuple[str, int]]) -> torch.Tensor:
         """One forward for every sequence in the batch, each fed its last token; logits in the order of `steps`
@@ -186,3 +240,10 @@ class ModelRunner:
         if token_ids is not None and keep and self._batch.real_length(sample_id) == len(token_ids):
             self._prefixes.put(tuple(token_ids), self._batch.extract(sample_id))
         self._batch.remove(sample_id)
+
+
+def _crop(cache: DynamicCache, length: int) -> None:
+    """Back to `length` positions in every layer, after a forward that failed part-way through the layers."""
+    for layer in cache.layers:
+        if isinstance(layer, DynamicLayer) and (excess := layer.get_seq_length() - length) > 0:
+            layer.crop(-excess)
