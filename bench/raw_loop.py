@@ -2,7 +2,8 @@
 sampling chain (arg-max), transformers' KV cache and nothing else; the model set up exactly as the engine sets it
 up (its attention, and on the CPU its stacked projections, packed weights and compiled kernels: server/engine/
 forward/serving_model.py), with torch's default threads as the engine has them. The kernels' decode attention
-needs the engine's bucket cache, so on transformers' cache this loop's attention stays SDPA: `bench/forward.py`
+needs the engine's bucket cache and their chunk attention the engine's mixed step (forward/mixed_step.py), so on
+transformers' cache and forward this loop's attention stays SDPA: `bench/forward.py`
 compares the engine's step with this bare forward, `bench/stream_floor.py` the HTTP stream with the engine's step.
 
     .venv/bin/python -m bench.raw_loop [--history-tokens 2000] [--new-tokens 50] [--max-tokens 64] [--streams N]

@@ -1,5 +1,6 @@
 """The engine's CPU kernels compute what transformers' operators compute: the decode attention writes the keys
-transformers' rotary embedding makes (bit for bit) and attends as SDPA does; the norm and the activation match
+transformers' rotary embedding makes (bit for bit) and attends as SDPA does, a prompt chunk's attention is SDPA's
+under the chunk's causal mask; the norm and the activation match
 Llama's modules; the products on weight panels are the linear layers'; and the engine's decode step on them
 gives the logits of the step without them."""
 
@@ -75,6 +76,41 @@ def test_decode_attention_writes_transformers_keys_and_attends_as_sdpa(dtype, di
 
     assert torch.equal(keys, expected_keys) and torch.equal(values, expected_values)  # nothing else touched
     torch.testing.assert_close(got, expected, **TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("dim", "heads", "kv_heads"), [(64, 9, 3), (128, 8, 2)])
+# Chunks of 1 position, fewer than a tile's 6, several query and key blocks (32 and 128); after no past, after a
+# past inside one key block, and after one across several.
+@pytest.mark.parametrize(("chunk", "past"), [(1, 0), (5, 0), (37, 0), (100, 33), (300, 700), (1, 2000)])
+def test_chunk_attention_is_sdpa_with_the_chunks_causal_mask(dtype, dim, heads, kv_heads, chunk, past):
+    torch.manual_seed(0)
+    # The query as the rotary embedding leaves it: [1, heads, chunk, dim] over memory laid out [chunk, heads, dim].
+    query = torch.randn(1, chunk, heads, dim).to(dtype).transpose(1, 2)
+    keys, values = (torch.randn(1, kv_heads, past + chunk, dim).to(dtype) for _ in range(2))
+    seen = torch.ones(chunk, past + chunk, dtype=torch.bool).tril_(past)
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        query.float(), keys.float(), values.float(), attn_mask=seen, scale=dim**-0.5, enable_gqa=True
+    )
+
+    got = torch.ops.rpserve_cpu.chunk_attention(query, keys, values, dim**-0.5)
+
+    assert got.dtype == dtype and got.shape == (chunk, heads * dim)
+    torch.testing.assert_close(got.float(), expected.transpose(1, 2).reshape(chunk, heads * dim), **TOLERANCE[dtype])
+
+
+def test_chunk_attention_refuses_what_it_does_not_compute():
+    keys = torch.zeros(1, 2, 10, 64)
+    with pytest.raises(RuntimeError, match="multiple of 16"):
+        torch.ops.rpserve_cpu.chunk_attention(
+            torch.zeros(1, 4, 3, 8), torch.zeros(1, 2, 10, 8), torch.zeros(1, 2, 10, 8), 1.0
+        )
+    with pytest.raises(RuntimeError, match="contiguous keys"):
+        torch.ops.rpserve_cpu.chunk_attention(torch.zeros(1, 4, 3, 64), keys.transpose(2, 3), keys, 1.0)
+    with pytest.raises(RuntimeError, match="the chunk's own keys"):
+        torch.ops.rpserve_cpu.chunk_attention(torch.zeros(1, 4, 12, 64), keys, keys, 1.0)
+    with pytest.raises(RuntimeError, match="one dtype"):
+        torch.ops.rpserve_cpu.chunk_attention(torch.zeros(1, 4, 3, 64, dtype=torch.bfloat16), keys, keys, 1.0)
 
 
 def test_decode_attention_refuses_a_position_past_the_bucket():

@@ -1,6 +1,6 @@
 """A mixed step (the decode rows and the step's prompt chunks in one forward, forward/mixed_step.py) gives the
-logits that the decode forward and each chunk's own forward give, leaves every cache where they leave it, and after
-a failure part-way through its layers leaves every cache as it was."""
+logits that the decode forward and each chunk's own forward give on transformers' operators, leaves every cache
+where they leave it, and after a failure part-way through its layers leaves every cache as it was."""
 
 import copy
 import shutil
@@ -24,7 +24,8 @@ def kernels() -> None:
 
 
 def runners() -> tuple[ModelRunner, ModelRunner]:
-    """Two runners on the kernels over the same random Llama (heads of 64, 3 query heads a group)."""
+    """Over the same random Llama (heads of 64, 3 query heads a group): a runner on transformers' operators, whose
+    prompt chunks run the model's own forward, and one on the kernels, whose prompt chunks run as mixed steps."""
     model = tiny_llama(
         vocab_size=96,
         hidden_size=384,
@@ -33,7 +34,8 @@ def runners() -> tuple[ModelRunner, ModelRunner]:
         num_key_value_heads=2,
         max_position_embeddings=1024,
     )
-    return ModelRunner(copy.deepcopy(model), torch.device("cpu"), 0), ModelRunner(model, torch.device("cpu"), 0)
+    reference = ModelRunner(copy.deepcopy(model), torch.device("cpu"), 0, kernel_cache=None)
+    return reference, ModelRunner(model, torch.device("cpu"), 0)
 
 
 def prompt(length: int, seed: int) -> list[int]:

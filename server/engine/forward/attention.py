@@ -55,17 +55,6 @@ def sdpa_grouped_on_cpu(
     return output.reshape(batch, heads, 1, head_dim).transpose(1, 2).contiguous(), None
 
 
-def chunk_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, past: int, scale: float | None
-) -> torch.Tensor:
-    """SDPA of a chunk of one sequence [1, heads, chunk, head dim] over its keys and values [1, kv heads, past +
-    chunk, head dim], each query seeing every past position and its own chunk up to itself, on torch's CPU flash
-    kernel (which groups query heads itself)."""
-    if past == 0:
-        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(query, key, value, 0.0, True, scale=scale)[0]
-    return attention_after_past(query, key, value, past, scale)
-
-
 def attention_after_past(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, past: int, scale: float | None
 ) -> torch.Tensor:

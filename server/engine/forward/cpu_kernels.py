@@ -1,5 +1,6 @@
 """The engine's C++ CPU kernels (kernels/*.cpp: a decode step's attention over the bucket cache with its rotary
-embedding and cache write, RMSNorm, the MLP's activation, linear layers' products on weight panels), compiled on
+embedding and cache write, a prompt chunk's attention over its prompt's cache, RMSNorm, the MLP's activation,
+linear layers' products on weight panels), compiled on
 this machine for its own instruction set the first time a CPU model is served, then loaded from the cache
 directory at every later start.
 
@@ -26,7 +27,14 @@ from torch.utils import cpp_extension
 log = logging.getLogger(__name__)
 
 NAME = "rpserve_cpu"
-SOURCES = ("library.cpp", "decode_attention.cpp", "rms_norm.cpp", "silu_mul.cpp", "panel_linear.cpp")
+SOURCES = (
+    "library.cpp",
+    "decode_attention.cpp",
+    "chunk_attention.cpp",
+    "rms_norm.cpp",
+    "silu_mul.cpp",
+    "panel_linear.cpp",
+)
 _FOLDER = Path(__file__).parent / "kernels"
 # -ffp-contract=off: the rotary embedding rounds each product as torch does, so keys written by a decode step are
 # the keys a prefill writes (bit for bit in float32); contracting into FMAs would change their last bits.

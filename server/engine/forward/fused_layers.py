@@ -10,7 +10,9 @@ key norms, biases, sliding windows) and keeps its own.
 
 With the engine's CPU kernels loaded (cpu_kernels.py), a decode step's attention over the bucket cache is one
 kernel call a bucket (the rotary embedding, the cache write and the attention; kernels/decode_attention.cpp) and
-the MLP's activation one more, in place of some twenty small operators a layer.
+the MLP's activation one more, in place of some twenty small operators a layer. A mixed step (mixed_step.py) runs
+its prompt chunks' attention on the chunk kernel (kernels/chunk_attention.cpp) and its decode rows' on the
+decode kernel, the rows of both through one product on each side.
 """
 
 from collections.abc import Callable
@@ -25,7 +27,6 @@ from transformers.models.llama.modeling_llama import (
     eager_attention_forward,
 )
 
-from server.engine.forward.attention import chunk_attention
 from server.engine.forward.cpu_kernels import KERNEL_DTYPES
 from server.engine.forward.mixed_layout import MixedLayout
 from server.engine.forward.module_swap import replace_modules
@@ -130,15 +131,15 @@ class StackedAttention(torch.nn.Module):
         return self.o_proj(torch.cat(outputs).unsqueeze(0))
 
     def _chunk_attention(self, stacked: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: Any) -> torch.Tensor:
-        """A prompt chunk's attention output [chunk, heads x head dim] over its prompt's cache, which it extends."""
+        """A prompt chunk's attention output [chunk, heads x head dim] over its prompt's cache, which it extends, on
+        the kernel (kernels/chunk_attention.cpp)."""
         length = stacked.shape[0]
         query, key, value = (
             part.view(1, length, -1, self.head_dim).transpose(1, 2) for part in stacked.split(self.splits, -1)
         )
         query, key = apply_rotary_pos_emb(query, key, cos.unsqueeze(0), sin.unsqueeze(0))
         key, value = cache.update(key, value, self.layer_idx)
-        output = chunk_attention(query, key, value, key.shape[-2] - length, self.scaling)
-        return output.transpose(1, 2).reshape(length, -1)
+        return torch.ops.rpserve_cpu.chunk_attention(query, key, value, self.scaling)
 
 
 class StackedMLP(torch.nn.Module):

@@ -131,7 +131,10 @@ class ModelRunner:
 
     def prefill_chunk(self, sample_id: str, budget: int) -> torch.Tensor | None:
         """Runs up to `budget` more prompt tokens. When the prompt is done, the sequence joins the batch and its
-        next-token logits (vocab,) are returned; before that, None."""
+        next-token logits (vocab,) are returned; before that, None. Where the runner `mixes`, a mixed step of this
+        chunk alone (its attention on the chunk kernel, no mask)."""
+        if self.mixes:
+            return self._mixed_step([], [(sample_id, budget)])[1][0]
         pending = self._pending[sample_id]
         chunk = pending.token_ids[pending.done : pending.done + budget]
         input_ids = torch.tensor([list(chunk)], device=self._device)
@@ -156,6 +159,11 @@ class ModelRunner:
         (at least one) in one forward (mixed_step.py; only where `mixes`): the decode logits, and each chunk's as
         `prefill_chunk` returns them. If it raises, every cache is as it was before (running the parts apart then
         tells which one is at fault)."""
+        return self._mixed_step(steps, chunks)
+
+    def _mixed_step(
+        self, steps: Sequence[tuple[str, int]], chunks: Sequence[tuple[str, int]]
+    ) -> tuple[torch.Tensor | None, list[torch.Tensor | None]]:
         if self._mixed is None:
             raise RuntimeError("this model runs no mixed steps")
         if steps and {sample_id for sample_id, _ in steps} != set(self._batch.rows):

@@ -8,4 +8,5 @@ TORCH_LIBRARY(rpserve_cpu, m) {
   m.def("rms_norm(Tensor input, Tensor weight, float eps) -> Tensor");
   m.def("silu_mul(Tensor stacked) -> Tensor");
   m.def("panel_linear(Tensor input, Tensor panels) -> Tensor");
+  m.def("chunk_attention(Tensor query, Tensor keys, Tensor values, float scale) -> Tensor");
 }
