@@ -24,6 +24,19 @@ def tiny_llama(**sizes: int) -> LlamaForCausalLM:
     return LlamaForCausalLM(LlamaConfig(**(defaults | sizes))).eval()
 
 
+def llama_with_head_dim_64() -> LlamaForCausalLM:
+    """A real Llama with random weights whose attention the CPU kernels take: heads of 64, 3 query heads a
+    group."""
+    return tiny_llama(
+        vocab_size=96,
+        hidden_size=384,
+        intermediate_size=512,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+    )
+
+
 def greedy_tokenizer(vocab: Sequence[str]) -> Callable[[str], list[int]]:
     """Longest match first over `vocab`: the canonical tokenisation of a toy vocabulary."""
 

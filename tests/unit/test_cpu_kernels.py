@@ -12,7 +12,7 @@ import sys
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaRMSNorm, LlamaRotaryEmbedding, apply_rotary_pos_emb
 
 from server.engine.forward.cpu_kernels import _build_folder, load_cpu_kernels
@@ -22,7 +22,7 @@ from server.engine.forward.packed_linear import PackedLinear
 from server.engine.forward.panel_linear import PanelLinear
 from server.engine.forward.runner import ModelRunner
 from server.engine.options import default_cache_dir
-from tests.toy import prefill, tiny_llama
+from tests.toy import llama_with_head_dim_64, prefill
 
 pytestmark = pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ compiler to build the kernels")
 
@@ -161,18 +161,6 @@ def test_panel_products_refuse_what_they_do_not_compute():
         torch.ops.rpserve_cpu.panel_linear(torch.zeros(1, 9), panels)
     with pytest.raises(RuntimeError, match="one dtype"):
         torch.ops.rpserve_cpu.panel_linear(torch.zeros(1, 8, dtype=torch.bfloat16), panels)
-
-
-def llama_with_head_dim_64() -> LlamaForCausalLM:
-    """A real Llama with random weights whose attention the kernel takes: heads of 64, 3 query heads a group."""
-    return tiny_llama(
-        vocab_size=96,
-        hidden_size=384,
-        intermediate_size=512,
-        num_attention_heads=6,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-    )
 
 
 @torch.inference_mode()

@@ -11,7 +11,7 @@ import torch
 from server.engine.forward.cpu_kernels import load_cpu_kernels
 from server.engine.forward.runner import ModelRunner
 from server.engine.options import default_cache_dir
-from tests.toy import prefill, tiny_llama
+from tests.toy import llama_with_head_dim_64, prefill, tiny_llama
 
 pytestmark = pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ compiler to build the kernels")
 
@@ -26,14 +26,7 @@ def kernels() -> None:
 def runners() -> tuple[ModelRunner, ModelRunner]:
     """Over the same random Llama (heads of 64, 3 query heads a group): a runner on transformers' operators, whose
     prompt chunks run the model's own forward, and one on the kernels, whose prompt chunks run as mixed steps."""
-    model = tiny_llama(
-        vocab_size=96,
-        hidden_size=384,
-        intermediate_size=512,
-        num_attention_heads=6,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-    )
+    model = llama_with_head_dim_64()
     reference = ModelRunner(copy.deepcopy(model), torch.device("cpu"), 0, kernel_cache=None)
     return reference, ModelRunner(model, torch.device("cpu"), 0)
 
