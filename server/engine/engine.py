@@ -2,9 +2,10 @@
 
 Each step carries out the scheduler's plan (scheduler.py): end the requests past their deadline, give the admitted
 ones sampler slots, advance every prefilled request by one token in one batched forward, run the planned prefill
-chunks, sample all rows in one batched call, and let the output processor turn each token into text for its
-request; then report back to the scheduler what was prefilled and what ended. Commands (new requests, aborts) take
-effect between steps. A fault fails only the requests it concerns; the others go on.
+chunks (on the CPU kernels, all of these in one mixed forward: forward/mixed_step.py), sample all rows in one
+batched call, and let the output processor turn each token into text for its request; then report back to the
+scheduler what was prefilled and what ended. Commands (new requests, aborts) take effect between steps. A fault
+fails only the requests it concerns; the others go on (a mixed forward that fails is run again in its parts).
 
 The server runs it inside the engine process (child.py: `enqueue`, outputs sent up a pipe); `submit` delivers to
 asyncio handles in this process instead (bench/gpu.py measures it so, without the pipe).
