@@ -75,12 +75,7 @@ class StackedAttention(torch.nn.Module):
         if self.decode_kernel and layout is not None and layout.stored_as_computed:
             return self._decode_on_kernel(hidden_states, position_embeddings, layout), None
         input_shape = hidden_states.shape[:-1]
-        hidden_shape = (*input_shape, -1, self.head_dim)
-        query, key, value = (
-            part.view(hidden_shape).transpose(1, 2) for part in self.qkv_proj(hidden_states).split(self.splits, -1)
-        )
-        cos, sin = position_embeddings
-        query, key = apply_rotary_pos_emb(query, key, cos, sin)
+        query, key, value = self._rotated_heads(self.qkv_proj(hidden_states), *position_embeddings)
         if cache is not None:
             key, value = cache.update(key, value, self.layer_idx, kwargs=kwargs)
         attention: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
@@ -133,13 +128,20 @@ class StackedAttention(torch.nn.Module):
     def _chunk_attention(self, stacked: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: Any) -> torch.Tensor:
         """A prompt chunk's attention output [chunk, heads x head dim] over its prompt's cache, which it extends, on
         the kernel (kernels/chunk_attention.cpp)."""
-        length = stacked.shape[0]
-        query, key, value = (
-            part.view(1, length, -1, self.head_dim).transpose(1, 2) for part in stacked.split(self.splits, -1)
-        )
-        query, key = apply_rotary_pos_emb(query, key, cos.unsqueeze(0), sin.unsqueeze(0))
+        query, key, value = self._rotated_heads(stacked.unsqueeze(0), cos.unsqueeze(0), sin.unsqueeze(0))
         key, value = cache.update(key, value, self.layer_idx)
         return torch.ops.rpserve_cpu.chunk_attention(query, key, value, self.scaling)
+
+    def _rotated_heads(
+        self, stacked: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The stacked projections [batch, positions, queries + keys + values] as transformers' attention takes
+        them, [batch, heads, positions, head dim] each, the queries and keys rotated."""
+        query, key, value = (
+            part.view(*stacked.shape[:-1], -1, self.head_dim).transpose(1, 2) for part in stacked.split(self.splits, -1)
+        )
+        query, key = apply_rotary_pos_emb(query, key, cos, sin)
+        return query, key, value
 
 
 class StackedMLP(torch.nn.Module):
